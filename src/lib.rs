@@ -1,0 +1,1 @@
+//! harness: measure what every layer of a large language model is good for.
