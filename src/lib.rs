@@ -1,1 +1,15 @@
 //! harness: measure what every layer of a large language model is good for.
+//!
+//! The library holds every piece; the `harness` binary only parses arguments.
+
+pub mod assets;
+pub mod capture;
+pub mod datasets;
+pub mod embed;
+pub mod hub;
+pub mod loader;
+pub mod models;
+pub mod output;
+pub mod progress;
+pub mod report;
+pub mod tokenizer;

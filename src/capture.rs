@@ -1,0 +1,351 @@
+//! The forward/capture engine: batches token sequences, runs the model and hands
+//! every layer to a [`Capture`].
+//!
+//! Capture points share one vocabulary, used alike in code, CLI and outputs:
+//! `resid.{l}` is the residual stream after layer `l` (`resid.0` the embeddings after
+//! any scaling, `resid.{L}` the last block's output before the final norm),
+//! `attn.{l}.pattern` the attention probabilities of block `l`, and `attn.{l}.out` /
+//! `mlp.{l}.out` what block `l`'s sublayers add to the stream.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Storage, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::models::{Intervention, Transformer};
+use crate::progress::Progress;
+
+/// One padded batch. Sequences are right-padded, so every sequence starts at
+/// position 0 and its positions are the same as when run alone.
+pub struct Batch {
+    /// Token ids `[b, len]`.
+    pub ids: Tensor,
+    /// Real (unpadded) length of each row.
+    pub lens: Vec<usize>,
+    /// Padded length.
+    pub len: usize,
+    /// Index of each row in the caller's input order.
+    pub index: Vec<usize>,
+    /// The real tokens of each row.
+    pub tokens: Vec<Vec<u32>>,
+}
+
+impl Batch {
+    pub fn new(seqs: Vec<(usize, Vec<u32>)>, pad_id: u32) -> Result<Self> {
+        let len = seqs.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
+        if len == 0 {
+            bail!("cannot run an empty sequence: every input needs at least one token");
+        }
+        let mut ids = Vec::with_capacity(seqs.len() * len);
+        for (_, s) in &seqs {
+            if s.is_empty() {
+                bail!("cannot run an empty sequence: every input needs at least one token");
+            }
+            ids.extend_from_slice(s);
+            ids.extend(std::iter::repeat_n(pad_id, len - s.len()));
+        }
+        let b = seqs.len();
+        Ok(Self {
+            ids: Tensor::from_vec(ids, (b, len), &Device::Cpu)?,
+            lens: seqs.iter().map(|(_, s)| s.len()).collect(),
+            len,
+            index: seqs.iter().map(|(i, _)| *i).collect(),
+            tokens: seqs.into_iter().map(|(_, s)| s).collect(),
+        })
+    }
+
+    pub fn size(&self) -> usize {
+        self.lens.len()
+    }
+}
+
+/// Receives what a forward pass computes, layer by layer, batch by batch.
+pub trait Capture {
+    /// The deepest layer whose residual stream is needed: the pass stops there.
+    fn depth(&self) -> usize;
+
+    /// Whether block `layer`'s attention probabilities are wanted.
+    fn wants_attention(&self, _layer: usize) -> bool {
+        false
+    }
+
+    /// Whether block `layer`'s attention and MLP outputs are wanted.
+    fn wants_block_outputs(&self, _layer: usize) -> bool {
+        false
+    }
+
+    /// `resid.{layer}`: `[b, t, hidden]`, padded positions included.
+    fn on_resid(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()>;
+
+    /// `attn.{layer}.pattern`: `[b, heads, t, t]`.
+    fn on_attention(&mut self, _layer: usize, _probs: &Tensor, _batch: &Batch) -> Result<()> {
+        Ok(())
+    }
+
+    /// `attn.{layer}.out` and `mlp.{layer}.out`: `[b, t, hidden]` each.
+    fn on_block_outputs(
+        &mut self,
+        _layer: usize,
+        _attn_out: &Tensor,
+        _mlp_out: &Tensor,
+        _batch: &Batch,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How sequences are grouped into batches.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPlan {
+    /// Most padded tokens in one batch (rows x padded length).
+    pub max_tokens: usize,
+    /// Most sequences in one batch.
+    pub max_size: usize,
+}
+
+impl Default for BatchPlan {
+    fn default() -> Self {
+        Self {
+            max_tokens: 4096,
+            max_size: 64,
+        }
+    }
+}
+
+/// Runs `seqs` through `model` in length-sorted batches, so padding stays small,
+/// handing every batch to `capture`. Rows carry their index in `seqs`.
+pub fn run(
+    model: &Transformer,
+    seqs: &[Vec<u32>],
+    pad_id: u32,
+    plan: BatchPlan,
+    intervention: &Intervention,
+    capture: &mut dyn Capture,
+    progress: &Progress,
+) -> Result<()> {
+    let context = model.config.context_length;
+    if let Some((i, s)) = seqs.iter().enumerate().find(|(_, s)| s.len() > context) {
+        bail!(
+            "input {} has {} tokens, more than the model's context of {context}",
+            i + 1,
+            s.len()
+        );
+    }
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
+    let total: usize = seqs.iter().map(|s| s.len()).sum();
+    progress.set_length(total as u64);
+    let mut start = 0;
+    while start < order.len() {
+        // Sorted longest first, so the first row sets the padded length.
+        let len = seqs[order[start]].len().max(1);
+        let rows = (plan.max_tokens / len).clamp(1, plan.max_size);
+        let end = (start + rows).min(order.len());
+        let rows: Vec<(usize, Vec<u32>)> = order[start..end]
+            .iter()
+            .map(|&i| (i, seqs[i].clone()))
+            .collect();
+        let batch = Batch::new(rows, pad_id)?;
+        model.forward(&batch, intervention, capture)?;
+        progress.inc(batch.lens.iter().sum::<usize>() as u64);
+        start = end;
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// Calls `f` with the contiguous f32 data of a CPU tensor, without copying it.
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("expected a CPU tensor");
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let Some((from, to)) = layout.contiguous_offsets() else {
+        bail!("expected a contiguous tensor");
+    };
+    Ok(f(&data[from..to]))
+}
+
+/// How token vectors become one vector per text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pool {
+    /// Mean over all real tokens.
+    Mean,
+    /// Mean over real tokens after the first. The first token carries the massive
+    /// activation in middle layers and would otherwise dominate every mean; a
+    /// one-token text keeps its only token.
+    MeanSkipFirst,
+    First,
+    Last,
+}
+
+impl Pool {
+    pub const ALL: [Pool; 4] = [Pool::Mean, Pool::MeanSkipFirst, Pool::First, Pool::Last];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pool::Mean => "mean",
+            Pool::MeanSkipFirst => "mean-skip-first",
+            Pool::First => "first",
+            Pool::Last => "last",
+        }
+    }
+
+    /// The token rows `[from, to)` this pooling averages for a text of `len` tokens.
+    fn span(self, len: usize) -> (usize, usize) {
+        match self {
+            Pool::Mean => (0, len),
+            Pool::MeanSkipFirst if len > 1 => (1, len),
+            Pool::MeanSkipFirst | Pool::First => (0, 1),
+            Pool::Last => (len - 1, len),
+        }
+    }
+}
+
+impl fmt::Display for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Pool {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Pool::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                anyhow::anyhow!("unknown pooling '{s}' (expected mean, mean-skip-first, first or last)")
+            })
+    }
+}
+
+/// Pooled vectors for every text at every layer: `N x (depth+1) x hidden` floats per
+/// pooling, built batch by batch so no layer's token matrix outlives its batch.
+pub struct PooledCapture {
+    pools: Vec<Pool>,
+    layers: usize,
+    hidden: usize,
+    /// Per pooling, row-major `[n, layers, hidden]`.
+    data: Vec<Vec<f32>>,
+}
+
+impl PooledCapture {
+    /// Pools layers `0..=depth` of `n` texts.
+    pub fn new(pools: &[Pool], n: usize, depth: usize, hidden: usize) -> Self {
+        let layers = depth + 1;
+        Self {
+            pools: pools.to_vec(),
+            layers,
+            hidden,
+            data: pools.iter().map(|_| vec![0f32; n * layers * hidden]).collect(),
+        }
+    }
+
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    /// The `[n, layers, hidden]` vectors of one pooling.
+    pub fn into_data(self) -> Vec<(Pool, Vec<f32>)> {
+        self.pools.into_iter().zip(self.data).collect()
+    }
+}
+
+impl Capture for PooledCapture {
+    fn depth(&self) -> usize {
+        self.layers - 1
+    }
+
+    fn on_resid(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()> {
+        let (d, t, layers) = (self.hidden, batch.len, self.layers);
+        with_f32(resid, |h| {
+            for (p, pool) in self.pools.iter().enumerate() {
+                let out = &mut self.data[p];
+                for (row, (&len, &index)) in batch.lens.iter().zip(&batch.index).enumerate() {
+                    let (from, to) = pool.span(len);
+                    let dst = &mut out[(index * layers + layer) * d..][..d];
+                    let mut acc = vec![0f64; d];
+                    for tok in from..to {
+                        let src = &h[(row * t + tok) * d..][..d];
+                        acc.iter_mut().zip(src).for_each(|(a, &x)| *a += x as f64);
+                    }
+                    let n = (to - from) as f64;
+                    dst.iter_mut().zip(&acc).for_each(|(o, &a)| *o = (a / n) as f32);
+                }
+            }
+        })
+    }
+}
+
+/// Every token's vector at every layer (and optionally attention), per text. For
+/// small inputs and tests: memory grows with tokens x layers.
+pub struct FullCapture {
+    depth: usize,
+    attention: bool,
+    /// `[text][layer]` -> `[len, hidden]` row-major.
+    pub resid: Vec<Vec<Vec<f32>>>,
+    /// `[text][block-1]` -> `[heads, len, len]` row-major.
+    pub attn: Vec<Vec<Vec<f32>>>,
+}
+
+impl FullCapture {
+    pub fn new(n: usize, depth: usize, attention: bool) -> Self {
+        Self {
+            depth,
+            attention,
+            resid: vec![vec![Vec::new(); depth + 1]; n],
+            attn: vec![vec![Vec::new(); if attention { depth } else { 0 }]; n],
+        }
+    }
+}
+
+impl Capture for FullCapture {
+    fn depth(&self) -> usize {
+        self.depth
+    }
+
+    fn wants_attention(&self, _layer: usize) -> bool {
+        self.attention
+    }
+
+    fn on_resid(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()> {
+        let d = resid.dim(2)?;
+        let t = batch.len;
+        with_f32(resid, |h| {
+            for (row, (&len, &index)) in batch.lens.iter().zip(&batch.index).enumerate() {
+                self.resid[index][layer] = h[row * t * d..(row * t + len) * d].to_vec();
+            }
+        })
+    }
+
+    fn on_attention(&mut self, layer: usize, probs: &Tensor, batch: &Batch) -> Result<()> {
+        let heads = probs.dim(1)?;
+        let t = batch.len;
+        with_f32(probs, |p| {
+            for (row, (&len, &index)) in batch.lens.iter().zip(&batch.index).enumerate() {
+                let mut out = Vec::with_capacity(heads * len * len);
+                for h in 0..heads {
+                    for q in 0..len {
+                        let start = ((row * heads + h) * t + q) * t;
+                        out.extend_from_slice(&p[start..start + len]);
+                    }
+                }
+                self.attn[index][layer - 1] = out;
+            }
+        })
+    }
+}

@@ -1,0 +1,104 @@
+//! Hugging Face model directories: `config.json`, `*.safetensors`, `tokenizer.json`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use serde::de::DeserializeOwned;
+
+/// A local directory holding a model in Hugging Face's layout.
+pub struct HfDir {
+    pub path: PathBuf,
+    config: serde_json::Value,
+}
+
+impl HfDir {
+    pub fn open(path: &Path) -> Result<Self> {
+        let config_path = path.join("config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("cannot read {}", config_path.display()))?;
+        let config = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", config_path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            config,
+        })
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path.join("config.json")
+    }
+
+    pub fn model_type(&self) -> Result<String> {
+        match self.config.get("model_type") {
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            _ => bail!("{} has no \"model_type\"", self.config_path().display()),
+        }
+    }
+
+    /// The configuration parsed into an architecture's own config struct.
+    pub fn config<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.config.clone())
+            .map_err(|e| anyhow!("{}: {e}", self.config_path().display()))
+    }
+
+    /// The weight files: `model.safetensors`, or the shards an index lists.
+    pub fn weight_files(&self) -> Result<Vec<PathBuf>> {
+        let single = self.path.join("model.safetensors");
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+        let index = self.path.join("model.safetensors.index.json");
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index)
+                .with_context(|| format!("cannot read {}", index.display()))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", index.display()))?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| anyhow!("{} has no weight_map", index.display()))?;
+            let mut files: Vec<PathBuf> = map
+                .values()
+                .filter_map(|v| v.as_str())
+                .map(|f| self.path.join(f))
+                .collect();
+            files.sort();
+            files.dedup();
+            return Ok(files);
+        }
+        bail!(
+            "{} has no model.safetensors or model.safetensors.index.json",
+            self.path.display()
+        )
+    }
+
+    /// Weights as f32, read from memory-mapped safetensors files on demand.
+    pub fn var_builder(&self) -> Result<VarBuilder<'static>> {
+        let files = self.weight_files()?;
+        for f in &files {
+            if !f.is_file() {
+                bail!("weight file {} is missing", f.display());
+            }
+        }
+        // SAFETY: the files are only read; the mapping lives as long as the builder.
+        unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.map_err(
+            |e| {
+                anyhow!(
+                    "cannot read the weights in {} (truncated or corrupt safetensors?): {e}",
+                    self.path.display()
+                )
+            },
+        )
+    }
+
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.path.join("tokenizer.json")
+    }
+
+    pub fn tokenizer_config_path(&self) -> Option<PathBuf> {
+        let p = self.path.join("tokenizer_config.json");
+        p.is_file().then_some(p)
+    }
+}

@@ -1,0 +1,244 @@
+//! Model loading: from `--model` (an alias, a `.gguf` file, a Hugging Face directory
+//! or `hf:org/name[@revision]`) to a ready [`Transformer`] and its tokenizer.
+
+pub mod gguf;
+pub mod hf;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::assets;
+use crate::hub::{Hub, HubRepo};
+use crate::models::{self, Transformer};
+use crate::tokenizer::TextTokenizer;
+
+/// Where a model's weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Gguf,
+    Safetensors,
+}
+
+/// A `--model` argument, resolved to files on disk.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    /// A short name for outputs: the alias, the file stem or the hub id.
+    pub name: String,
+    /// The `.gguf` file or the model directory.
+    pub path: PathBuf,
+    pub format: Format,
+    /// Known checksum of the weights (registry aliases), saving a hash pass.
+    known_sha256: Option<String>,
+}
+
+/// A loaded model with its tokenizer.
+pub struct LoadedModel {
+    pub source: ModelSource,
+    pub model: Transformer,
+    pub tokenizer: TextTokenizer,
+    /// Tensor counts per storage type.
+    pub weight_types: BTreeMap<String, usize>,
+}
+
+/// What `harness inspect` reports.
+#[derive(Debug, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub architecture: String,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub bos_token_id: Option<u32>,
+    pub add_bos_token: bool,
+    pub source: String,
+    pub format: Format,
+    pub weight_types: BTreeMap<String, usize>,
+}
+
+/// Resolves a `--model` argument without loading anything.
+pub fn resolve(spec: &str) -> Result<ModelSource> {
+    if let Some(repo) = spec.strip_prefix("hf:") {
+        let repo = HubRepo::parse(repo)?;
+        let dir = Hub::from_env()?.download_model_dir(&repo)?;
+        return Ok(ModelSource {
+            name: repo.repo_id.replace('/', "--"),
+            path: dir,
+            format: Format::Safetensors,
+            known_sha256: None,
+        });
+    }
+    if let Some(asset) = assets::find_model(spec)? {
+        return Ok(ModelSource {
+            name: asset.alias.clone(),
+            path: asset.path()?,
+            format: Format::Gguf,
+            known_sha256: Some(asset.sha256),
+        });
+    }
+    let path = Path::new(spec);
+    let stem = || {
+        path.file_stem()
+            .or_else(|| path.file_name())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| spec.to_string())
+    };
+    if path.is_dir() {
+        if !path.join("config.json").is_file() {
+            bail!("{spec} is a directory without config.json (expected a Hugging Face model directory)");
+        }
+        return Ok(ModelSource {
+            name: stem(),
+            path: path.to_path_buf(),
+            format: Format::Safetensors,
+            known_sha256: None,
+        });
+    }
+    if path.extension().is_some_and(|e| e == "gguf") {
+        if !path.is_file() {
+            bail!("model file {spec} does not exist");
+        }
+        return Ok(ModelSource {
+            name: stem(),
+            path: path.to_path_buf(),
+            format: Format::Gguf,
+            known_sha256: None,
+        });
+    }
+    let known: Vec<String> = assets::models()?
+        .into_iter()
+        .flat_map(|m| std::iter::once(m.alias).chain(m.aliases))
+        .collect();
+    bail!(
+        "unknown model '{spec}': expected an alias ({}), a .gguf file, a Hugging Face model directory or hf:org/name[@revision]",
+        known.join(", ")
+    )
+}
+
+/// Resolves and loads a model with its tokenizer.
+pub fn load(spec: &str) -> Result<LoadedModel> {
+    let source = resolve(spec)?;
+    match source.format {
+        Format::Gguf => {
+            let file = gguf::GgufFile::open(&source.path)?;
+            let tokenizer = TextTokenizer::from_gguf(&file.content)
+                .with_context(|| format!("building the tokenizer of {}", source.path.display()))?;
+            let model = models::from_gguf(&file)
+                .with_context(|| format!("loading {}", source.path.display()))?;
+            Ok(LoadedModel {
+                weight_types: file.weight_types(),
+                source,
+                model,
+                tokenizer,
+            })
+        }
+        Format::Safetensors => {
+            let dir = hf::HfDir::open(&source.path)?;
+            let tokenizer_path = dir.tokenizer_path();
+            if !tokenizer_path.is_file() {
+                bail!("{} has no tokenizer.json", source.path.display());
+            }
+            let tokenizer =
+                TextTokenizer::from_file(&tokenizer_path, dir.tokenizer_config_path().as_deref())?;
+            let model = models::from_hf(&dir)?;
+            let weight_types = safetensors_types(&dir)?;
+            Ok(LoadedModel {
+                source,
+                model,
+                tokenizer,
+                weight_types,
+            })
+        }
+    }
+}
+
+/// Tensor counts per dtype across a directory's safetensors files, read from the
+/// headers alone.
+fn safetensors_types(dir: &hf::HfDir) -> Result<BTreeMap<String, usize>> {
+    let mut counts = BTreeMap::new();
+    for file in dir.weight_files()? {
+        let bad = || format!("{} is not a valid safetensors file", file.display());
+        let mut f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).with_context(bad)?;
+        let len = u64::from_le_bytes(len);
+        if len > 100 << 20 {
+            bail!("{}: header of {len} bytes", bad());
+        }
+        let mut header = vec![0u8; len as usize];
+        f.read_exact(&mut header).with_context(bad)?;
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&header).with_context(bad)?;
+        for (name, info) in &header {
+            if name == "__metadata__" {
+                continue;
+            }
+            let dtype = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("unknown");
+            *counts.entry(dtype.to_string()).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
+}
+
+impl LoadedModel {
+    pub fn info(&self) -> ModelInfo {
+        let c = &self.model.config;
+        ModelInfo {
+            name: self.source.name.clone(),
+            architecture: c.architecture.clone(),
+            num_layers: c.num_layers,
+            hidden_size: c.hidden_size,
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            intermediate_size: c.intermediate_size,
+            vocab_size: c.vocab_size,
+            context_length: c.context_length,
+            bos_token_id: self.tokenizer.bos_id(),
+            add_bos_token: self.tokenizer.add_bos_default(),
+            source: self.source.path.display().to_string(),
+            format: self.source.format,
+            weight_types: self.weight_types.clone(),
+        }
+    }
+}
+
+impl ModelSource {
+    /// A digest that changes whenever the weights or configuration change, for caches.
+    pub fn fingerprint(&self) -> Result<String> {
+        if let Some(sha) = &self.known_sha256 {
+            return Ok(sha.clone());
+        }
+        let mut files = vec![self.path.clone()];
+        if self.format == Format::Safetensors {
+            let dir = hf::HfDir::open(&self.path)?;
+            files = dir.weight_files()?;
+            files.push(dir.config_path());
+            files.push(dir.tokenizer_path());
+        }
+        let mut hasher = Sha256::new();
+        for f in files {
+            let mut file =
+                std::fs::File::open(&f).with_context(|| format!("cannot open {}", f.display()))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+        }
+        Ok(format!("{:x}", hasher.finalize()))
+    }
+}

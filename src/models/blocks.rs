@@ -1,0 +1,578 @@
+//! Building blocks shared by every architecture: norms, linear maps, rotary embeddings,
+//! attention, MLPs and the residual block. Architecture files only decide which pieces
+//! a model uses and where its weights are; the arithmetic lives here, once.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// The normalisation a model applies before (and, in Gemma, after) each sublayer.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    eps: f32,
+}
+
+impl Norm {
+    /// RMSNorm. `weight_offset` is added to the stored weight once at load time: Gemma
+    /// checkpoints store `w` and compute `x * (1 + w)`, GGUF files store `1 + w` already.
+    pub fn rms(vb: VarBuilder, size: usize, eps: f64, weight_offset: f64) -> Result<Self> {
+        let weight = vb.get(size, "weight")?;
+        let weight = if weight_offset != 0.0 {
+            (weight + weight_offset)?
+        } else {
+            weight
+        };
+        Ok(Self {
+            weight,
+            bias: None,
+            eps: eps as f32,
+        })
+    }
+
+    /// LayerNorm with a bias, as GPT-2 and GPT-NeoX use.
+    pub fn layer(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            bias: Some(vb.get(size, "bias")?),
+            eps: eps as f32,
+        })
+    }
+
+    /// Normalises over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match &self.bias {
+            None => candle_nn::ops::rms_norm(x, &self.weight, self.eps)?,
+            Some(bias) => candle_nn::ops::layer_norm(x, &self.weight, bias, self.eps)?,
+        })
+    }
+}
+
+/// A dense map `y = x W^T + b` with the weight stored as `[out, in]`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `weight` (and `bias` when `bias` is set) stored as `[out, in]`.
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Loads a GPT-2 style `Conv1D`, whose weight is stored transposed as `[in, out]`.
+    pub fn load_conv1d(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let weight = vb.get((in_dim, out_dim), "weight")?.t()?.contiguous()?;
+        let bias = Some(vb.get(out_dim, "bias")?);
+        Ok(Self { weight, bias })
+    }
+
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// Stacks several maps that read the same input into one, so that one matrix
+    /// product replaces several smaller, slower ones.
+    pub fn fuse(parts: &[Linear]) -> Result<Self> {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let weight = Tensor::cat(&weights, 0)?;
+        let bias = if parts.iter().all(|p| p.bias.is_some()) {
+            let biases: Vec<&Tensor> = parts.iter().filter_map(|p| p.bias.as_ref()).collect();
+            Some(Tensor::cat(&biases, 0)?)
+        } else if parts.iter().any(|p| p.bias.is_some()) {
+            let biases = parts
+                .iter()
+                .map(|p| match &p.bias {
+                    Some(b) => Ok(b.clone()),
+                    None => Ok(Tensor::zeros(p.weight.dim(0)?, DType::F32, p.weight.device())?),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Output rows `start..start + len` as a map of their own, for splitting fused
+    /// checkpoint projections.
+    pub fn rows(&self, start: usize, len: usize) -> Result<Linear> {
+        let bias = match &self.bias {
+            Some(b) => Some(b.narrow(0, start, len)?),
+            None => None,
+        };
+        Ok(Self {
+            weight: self.weight.narrow(0, start, len)?.contiguous()?,
+            bias,
+        })
+    }
+
+    /// Applies the map to `[n, in]` rows.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// The MLP non-linearity, named as in Hugging Face configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// `gelu_pytorch_tanh`, `gelu_new`: the tanh approximation.
+    GeluTanh,
+    /// `gelu`: the exact erf form.
+    GeluErf,
+    Relu,
+}
+
+impl Activation {
+    pub fn from_hf(name: &str) -> Result<Self> {
+        Ok(match name {
+            "silu" | "swish" => Self::Silu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Self::GeluTanh,
+            "gelu" => Self::GeluErf,
+            "relu" => Self::Relu,
+            other => bail!("unsupported activation function '{other}'"),
+        })
+    }
+
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Silu => candle_nn::ops::silu(x)?,
+            Self::GeluTanh => x.gelu()?,
+            Self::GeluErf => x.gelu_erf()?,
+            Self::Relu => x.relu()?,
+        })
+    }
+}
+
+/// Feed-forward sublayer: gated (`down(act(gate x) * up x)`) or plain (`down(act(up x))`).
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    /// For gated MLPs, gate and up stacked so one product computes both.
+    up: Linear,
+    down: Linear,
+    act: Activation,
+    gated: bool,
+    intermediate: usize,
+}
+
+impl Mlp {
+    pub fn gated(gate: Linear, up: Linear, down: Linear, act: Activation) -> Result<Self> {
+        let intermediate = up.weight.dim(0)?;
+        Ok(Self {
+            up: Linear::fuse(&[gate, up])?,
+            down,
+            act,
+            gated: true,
+            intermediate,
+        })
+    }
+
+    pub fn plain(up: Linear, down: Linear, act: Activation) -> Result<Self> {
+        let intermediate = up.weight.dim(0)?;
+        Ok(Self {
+            up,
+            down,
+            act,
+            gated: false,
+            intermediate,
+        })
+    }
+
+    /// Llama-style `gate_proj`/`up_proj`/`down_proj` without biases.
+    pub fn load_gated(vb: VarBuilder, hidden: usize, inter: usize, act: Activation) -> Result<Self> {
+        Self::gated(
+            Linear::load(vb.pp("gate_proj"), hidden, inter, false)?,
+            Linear::load(vb.pp("up_proj"), hidden, inter, false)?,
+            Linear::load(vb.pp("down_proj"), inter, hidden, false)?,
+            act,
+        )
+    }
+
+    /// `[n, hidden]` rows in, `[n, hidden]` rows out.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.up.forward(x)?;
+        let h = if self.gated {
+            let gate = h.narrow(D::Minus1, 0, self.intermediate)?;
+            let up = h.narrow(D::Minus1, self.intermediate, self.intermediate)?;
+            (self.act.apply(&gate)? * up)?
+        } else {
+            self.act.apply(&h)?
+        };
+        self.down.forward(&h)
+    }
+}
+
+/// Rotary position embedding over the first `dim` channels of each head.
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    pub dim: usize,
+    /// Inverse frequencies, one per channel pair, after any scaling.
+    inv_freq: Vec<f32>,
+    /// GGUF llama checkpoints permute Q/K so that rotation pairs adjacent channels
+    /// (`rope_i`); Hugging Face checkpoints pair channel i with i + dim/2 (`rope`).
+    pub interleaved: bool,
+}
+
+/// How a checkpoint stretches its rotary frequencies for long contexts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    Linear {
+        factor: f64,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position: f64,
+    },
+}
+
+impl Rotary {
+    pub fn new(dim: usize, theta: f64, scaling: &RopeScaling, interleaved: bool) -> Self {
+        // Computed in f32 like the reference, so angles round the same way.
+        let inv_freq = (0..dim / 2)
+            .map(|i| {
+                let base = 1.0f32 / (theta as f32).powf((2 * i) as f32 / dim as f32);
+                scale_frequency(base, scaling)
+            })
+            .collect();
+        Self {
+            dim,
+            inv_freq,
+            interleaved,
+        }
+    }
+
+    /// Whether two rotaries produce the same cos/sin tables.
+    pub fn same_frequencies(&self, other: &Rotary) -> bool {
+        self.dim == other.dim && self.inv_freq == other.inv_freq
+    }
+
+    /// cos and sin tables `[len, dim/2]` for positions `0..len`.
+    pub fn tables(&self, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.dim / 2;
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for pos in 0..len {
+            for &f in &self.inv_freq {
+                let angle = pos as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (len, half), device)?,
+            Tensor::from_vec(sin, (len, half), device)?,
+        ))
+    }
+
+    /// Rotates `[b, heads, t, head_dim]`; channels past `dim` pass through unchanged.
+    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let head_dim = x.dim(D::Minus1)?;
+        let rope = |x: &Tensor| -> Result<Tensor> {
+            let x = x.contiguous()?;
+            Ok(if self.interleaved {
+                candle_nn::rotary_emb::rope_i(&x, cos, sin)?
+            } else {
+                candle_nn::rotary_emb::rope(&x, cos, sin)?
+            })
+        };
+        if self.dim == head_dim {
+            return rope(x);
+        }
+        let rotated = rope(&x.narrow(D::Minus1, 0, self.dim)?)?;
+        let rest = x.narrow(D::Minus1, self.dim, head_dim - self.dim)?;
+        Ok(Tensor::cat(&[&rotated, &rest], D::Minus1)?)
+    }
+}
+
+fn scale_frequency(f: f32, scaling: &RopeScaling) -> f32 {
+    match *scaling {
+        RopeScaling::None => f,
+        RopeScaling::Linear { factor } => f / factor as f32,
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position,
+        } => {
+            let wavelen = 2.0 * std::f64::consts::PI / f as f64;
+            let low_wavelen = original_max_position / low_freq_factor;
+            let high_wavelen = original_max_position / high_freq_factor;
+            if wavelen > low_wavelen {
+                (f as f64 / factor) as f32
+            } else if wavelen < high_wavelen {
+                f
+            } else {
+                let smooth = (original_max_position / wavelen - low_freq_factor)
+                    / (high_freq_factor - low_freq_factor);
+                ((1.0 - smooth) * f as f64 / factor + smooth * f as f64) as f32
+            }
+        }
+    }
+}
+
+/// Per-batch inputs every attention layer shares: rotary tables and masks.
+pub struct AttentionInputs {
+    pub batch: usize,
+    pub len: usize,
+    /// `(cos, sin)` per distinct rotary configuration, keyed by layer.
+    pub rotary: Vec<Option<(Tensor, Tensor)>>,
+    /// Additive mask `[b, 1, t, t]` per layer (layers share the same tensor when
+    /// their window is the same).
+    pub masks: Vec<Tensor>,
+}
+
+/// Multi-head attention with grouped K/V heads, optional Q/K norms and rotary.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    /// Q, K and V stacked so one product computes all three.
+    qkv: Linear,
+    out: Linear,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    q_norm: Option<Norm>,
+    k_norm: Option<Norm>,
+    pub rotary: Option<Rotary>,
+    scale: f64,
+    /// Keys further back than this are invisible (sliding-window layers).
+    pub window: Option<usize>,
+}
+
+/// The parts of an attention layer, before fusing.
+pub struct AttentionParts {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub out: Linear,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
+    pub rotary: Option<Rotary>,
+    pub scale: f64,
+    pub window: Option<usize>,
+}
+
+impl Attention {
+    pub fn new(p: AttentionParts) -> Result<Self> {
+        if p.num_kv_heads == 0 || p.num_heads % p.num_kv_heads != 0 {
+            bail!(
+                "{} attention heads cannot be grouped over {} key/value heads",
+                p.num_heads,
+                p.num_kv_heads
+            );
+        }
+        Ok(Self {
+            qkv: Linear::fuse(&[p.q, p.k, p.v])?,
+            out: p.out,
+            num_heads: p.num_heads,
+            num_kv_heads: p.num_kv_heads,
+            head_dim: p.head_dim,
+            q_norm: p.q_norm,
+            k_norm: p.k_norm,
+            rotary: p.rotary,
+            scale: p.scale,
+            window: p.window,
+        })
+    }
+
+    /// Llama-style `q_proj`, `k_proj`, `v_proj`, `o_proj` parts; `bias` applies to
+    /// q/k/v only, as in Qwen2.
+    pub fn load_parts(
+        vb: &VarBuilder,
+        hidden: usize,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        bias: bool,
+    ) -> Result<(Linear, Linear, Linear, Linear)> {
+        Ok((
+            Linear::load(vb.pp("q_proj"), hidden, num_heads * head_dim, bias)?,
+            Linear::load(vb.pp("k_proj"), hidden, num_kv_heads * head_dim, bias)?,
+            Linear::load(vb.pp("v_proj"), hidden, num_kv_heads * head_dim, bias)?,
+            Linear::load(vb.pp("o_proj"), num_heads * head_dim, hidden, false)?,
+        ))
+    }
+
+    /// `x`: `[b*t, hidden]` rows. Returns the output rows and, when `want_probs`, the
+    /// attention probabilities `[b, heads, t, t]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        batch: usize,
+        len: usize,
+        rotary: Option<&(Tensor, Tensor)>,
+        mask: &Tensor,
+        want_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let qkv = self.qkv.forward(x)?;
+        let split = |start: usize, heads: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(D::Minus1, start * hd, heads * hd)?
+                .reshape((batch, len, heads, hd))?)
+        };
+        let mut q = split(0, h)?;
+        let mut k = split(h, kv)?;
+        let v = split(h + kv, kv)?;
+        if let Some(norm) = &self.q_norm {
+            q = norm.forward(&q.contiguous()?)?;
+        }
+        if let Some(norm) = &self.k_norm {
+            k = norm.forward(&k.contiguous()?)?;
+        }
+        let mut q = q.transpose(1, 2)?.contiguous()?;
+        let mut k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        if let (Some(rot), Some((cos, sin))) = (&self.rotary, rotary) {
+            q = rot.apply(&q, cos, sin)?;
+            k = rot.apply(&k, cos, sin)?;
+        }
+        // Grouped-query attention without copying K/V per query head: the query heads
+        // that share a K/V head are laid out as extra rows of one matrix product.
+        let group = h / kv;
+        let q = q.reshape((batch, kv, group * len, hd))?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?;
+        let scores = scores.reshape((batch, h, len, len))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
+        let ctx = probs.reshape((batch, kv, group * len, len))?.matmul(&v)?;
+        let ctx = ctx
+            .reshape((batch, h, len, hd))?
+            .transpose(1, 2)?
+            .reshape((batch * len, h * hd))?;
+        let out = self.out.forward(&ctx)?;
+        Ok((out, want_probs.then_some(probs)))
+    }
+}
+
+/// How a block combines its sublayers with the residual stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residual {
+    /// `x += attn(norm(x)); x += mlp(norm(x))` (Llama, GPT-2, Gemma with post-norms).
+    Sequential,
+    /// `x += attn(norm1(x)) + mlp(norm2(x))` (GPT-NeoX, Pythia).
+    Parallel,
+}
+
+/// One transformer block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub attn_norm: Norm,
+    pub attn: Attention,
+    /// Gemma's norm on the attention output, before it joins the residual stream.
+    pub post_attn_norm: Option<Norm>,
+    pub mlp_norm: Norm,
+    pub mlp: Mlp,
+    pub post_mlp_norm: Option<Norm>,
+    pub residual: Residual,
+}
+
+/// What one block produced, for capture.
+pub struct BlockOutput {
+    pub resid: Tensor,
+    pub attn_out: Tensor,
+    pub mlp_out: Tensor,
+    pub probs: Option<Tensor>,
+}
+
+/// Per-call switches of a block's forward pass.
+pub struct BlockCall<'a> {
+    pub batch: usize,
+    pub len: usize,
+    pub rotary: Option<&'a (Tensor, Tensor)>,
+    pub mask: &'a Tensor,
+    pub want_probs: bool,
+    /// `[b*t, 1]` multiplier that zeroes the MLP output at position 0 (the ablation).
+    pub mlp_keep: Option<&'a Tensor>,
+}
+
+impl Block {
+    /// `x`: the residual stream as `[b*t, hidden]` rows.
+    pub fn forward(&self, x: &Tensor, call: &BlockCall) -> Result<BlockOutput> {
+        let (attn_out, probs) = self.attn.forward(
+            &self.attn_norm.forward(x)?,
+            call.batch,
+            call.len,
+            call.rotary,
+            call.mask,
+            call.want_probs,
+        )?;
+        let attn_out = match &self.post_attn_norm {
+            Some(n) => n.forward(&attn_out)?,
+            None => attn_out,
+        };
+        let mlp_in = match self.residual {
+            Residual::Sequential => (x + &attn_out)?,
+            Residual::Parallel => x.clone(),
+        };
+        let mlp_out = self.mlp.forward(&self.mlp_norm.forward(&mlp_in)?)?;
+        let mlp_out = match &self.post_mlp_norm {
+            Some(n) => n.forward(&mlp_out)?,
+            None => mlp_out,
+        };
+        let mlp_out = match call.mlp_keep {
+            Some(keep) => mlp_out.broadcast_mul(keep)?,
+            None => mlp_out,
+        };
+        let resid = match self.residual {
+            Residual::Sequential => (mlp_in + &mlp_out)?,
+            Residual::Parallel => ((x + &attn_out)? + &mlp_out)?,
+        };
+        Ok(BlockOutput {
+            resid,
+            attn_out,
+            mlp_out,
+            probs,
+        })
+    }
+}
+
+/// Additive attention mask `[b, 1, t, t]`: causal, hiding padded keys (right padding)
+/// and, for sliding-window layers, keys `window` or more positions back.
+pub fn attention_mask(lens: &[usize], len: usize, window: Option<usize>) -> Result<Tensor> {
+    let mut data = vec![0f32; lens.len() * len * len];
+    for (b, &real) in lens.iter().enumerate() {
+        for q in 0..len {
+            let row = &mut data[(b * len + q) * len..(b * len + q + 1) * len];
+            for (k, v) in row.iter_mut().enumerate() {
+                // Padded queries see every real key: a row with no visible key would
+                // turn into NaN and leak into real rows through the padded keys.
+                let visible = if q < real {
+                    k <= q && window.is_none_or(|w| q - k < w)
+                } else {
+                    k < real
+                };
+                if !visible {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(data, (lens.len(), 1, len, len), &Device::Cpu)
+        .context("building the attention mask")
+}

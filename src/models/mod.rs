@@ -1,0 +1,302 @@
+//! Decoder architectures. Each file maps one family's configuration and weight names
+//! onto the shared pieces in [`blocks`]; [`Transformer`] runs them and reports every
+//! layer to a [`Capture`](crate::capture::Capture).
+
+pub mod blocks;
+pub mod gemma3;
+pub mod gpt2;
+pub mod gpt_neox;
+pub mod llama;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, D};
+use serde::Serialize;
+
+use crate::capture::{Batch, Capture};
+use crate::loader::gguf::GgufFile;
+use crate::loader::hf::HfDir;
+use blocks::{attention_mask, Block, BlockCall, Norm};
+
+/// The shape of a model, whatever its architecture.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub vocab_size: usize,
+    /// Longest sequence the model was trained on; longer inputs are refused.
+    pub context_length: usize,
+}
+
+/// A decoder-only transformer with per-layer capture.
+pub struct Transformer {
+    pub config: ModelConfig,
+    /// `[vocab, hidden]`.
+    embed: Tensor,
+    /// Gemma multiplies embeddings by sqrt(hidden).
+    embed_scale: Option<f64>,
+    /// GPT-2's learned absolute positions, `[positions, hidden]`.
+    positions: Option<Tensor>,
+    blocks: Vec<Block>,
+    final_norm: Norm,
+    /// `[vocab, hidden]`; the same tensor as `embed` when the model ties them.
+    lm_head: Tensor,
+    logit_softcap: Option<f64>,
+}
+
+/// Everything an architecture file provides to build a [`Transformer`].
+pub struct TransformerParts {
+    pub config: ModelConfig,
+    pub embed: Tensor,
+    pub embed_scale: Option<f64>,
+    pub positions: Option<Tensor>,
+    pub blocks: Vec<Block>,
+    pub final_norm: Norm,
+    /// `None` ties the unembedding to the embedding.
+    pub lm_head: Option<Tensor>,
+    pub logit_softcap: Option<f64>,
+}
+
+/// Interventions applied during the forward pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Intervention {
+    /// Blocks (1-based, as layers are numbered) whose MLP output at position 0 is
+    /// dropped: the paper's ablation of the massive activation.
+    pub ablate_first_mlp: Vec<usize>,
+}
+
+impl Transformer {
+    pub fn new(p: TransformerParts) -> Result<Self> {
+        if p.blocks.len() != p.config.num_layers {
+            bail!(
+                "the configuration has {} layers but {} blocks were loaded",
+                p.config.num_layers,
+                p.blocks.len()
+            );
+        }
+        let lm_head = p.lm_head.unwrap_or_else(|| p.embed.clone());
+        Ok(Self {
+            config: p.config,
+            embed: p.embed,
+            embed_scale: p.embed_scale,
+            positions: p.positions,
+            blocks: p.blocks,
+            final_norm: p.final_norm,
+            lm_head,
+            logit_softcap: p.logit_softcap,
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Runs one padded batch, handing each layer to `capture`. Stops after the
+    /// deepest layer the capture asks for, and never computes logits itself.
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        intervention: &Intervention,
+        capture: &mut dyn Capture,
+    ) -> Result<()> {
+        let (b, t) = (batch.size(), batch.len);
+        let hidden = self.config.hidden_size;
+        let depth = capture.depth().min(self.num_layers());
+        if let Some(&l) = intervention
+            .ablate_first_mlp
+            .iter()
+            .find(|&&l| l == 0 || l > self.num_layers())
+        {
+            bail!(
+                "cannot ablate layer {l}: blocks are numbered 1..={}",
+                self.num_layers()
+            );
+        }
+        let device = Device::Cpu;
+        let ids = batch.ids.flatten_all()?;
+        let mut x = self.embed.embedding(&ids)?;
+        if let Some(scale) = self.embed_scale {
+            // The reference rounds the scale to the activation dtype first.
+            x = (x * (scale as f32) as f64)?;
+        }
+        if let Some(pos) = &self.positions {
+            if t > pos.dim(0)? {
+                bail!("sequence of {t} tokens exceeds {} learned positions", pos.dim(0)?);
+            }
+            let p = pos.narrow(0, 0, t)?;
+            x = x.reshape((b, t, hidden))?.broadcast_add(&p)?.reshape((b * t, hidden))?;
+        }
+        capture.on_resid(0, &x.reshape((b, t, hidden))?, batch)?;
+        if depth == 0 {
+            return Ok(());
+        }
+
+        // Masks and rotary tables are shared by every layer with the same window or
+        // the same rotary settings.
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        let mut rotaries: Vec<(usize, (Tensor, Tensor))> = Vec::new();
+        let mlp_keep = if intervention.ablate_first_mlp.is_empty() {
+            None
+        } else {
+            let keep: Vec<f32> = (0..b * t).map(|i| if i % t == 0 { 0.0 } else { 1.0 }).collect();
+            Some(Tensor::from_vec(keep, (b * t, 1), &device)?)
+        };
+
+        for (i, block) in self.blocks.iter().take(depth).enumerate() {
+            let layer = i + 1;
+            let window = block.attn.window;
+            let mask_at = match masks.iter().position(|(w, _)| *w == window) {
+                Some(at) => at,
+                None => {
+                    masks.push((window, attention_mask(&batch.lens, t, window)?));
+                    masks.len() - 1
+                }
+            };
+            let rotary = match &block.attn.rotary {
+                None => None,
+                Some(rot) => {
+                    let same = |j: usize| {
+                        let other = self.blocks[j].attn.rotary.as_ref();
+                        other.is_some_and(|o| o.same_frequencies(rot))
+                    };
+                    let at = match rotaries.iter().position(|(j, _)| same(*j)) {
+                        Some(at) => at,
+                        None => {
+                            rotaries.push((i, rot.tables(t, &device)?));
+                            rotaries.len() - 1
+                        }
+                    };
+                    Some(&rotaries[at].1)
+                }
+            };
+            let ablate = intervention.ablate_first_mlp.contains(&layer);
+            let out = block.forward(
+                &x,
+                &BlockCall {
+                    batch: b,
+                    len: t,
+                    rotary,
+                    mask: &masks[mask_at].1,
+                    want_probs: capture.wants_attention(layer),
+                    mlp_keep: if ablate { mlp_keep.as_ref() } else { None },
+                },
+            )?;
+            if let Some(probs) = &out.probs {
+                capture.on_attention(layer, probs, batch)?;
+            }
+            if capture.wants_block_outputs(layer) {
+                capture.on_block_outputs(
+                    layer,
+                    &out.attn_out.reshape((b, t, hidden))?,
+                    &out.mlp_out.reshape((b, t, hidden))?,
+                    batch,
+                )?;
+            }
+            x = out.resid;
+            capture.on_resid(layer, &x.reshape((b, t, hidden))?, batch)?;
+        }
+        Ok(())
+    }
+
+    /// The final norm, as the model applies it before unembedding.
+    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        self.final_norm.forward(h)
+    }
+
+    /// Logits for residual-stream rows `[n, hidden]` of any layer: the final norm,
+    /// then the unembedding (the logit lens when the rows come from a middle layer).
+    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        let logits = self.final_norm(h)?.matmul(&self.lm_head.t()?)?;
+        Ok(match self.logit_softcap {
+            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            None => logits,
+        })
+    }
+
+    /// Log-probabilities `[n]` of `targets` given rows `[n, hidden]` of any layer.
+    pub fn target_logprobs(&self, h: &Tensor, targets: &[u32]) -> Result<Tensor> {
+        let logits = self.logits(h)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let idx = Tensor::from_slice(targets, (targets.len(), 1), &Device::Cpu)?;
+        Ok(logp.gather(&idx, 1)?.squeeze(1)?)
+    }
+}
+
+/// Builds the architecture a GGUF file names in `general.architecture`.
+pub fn from_gguf(file: &GgufFile) -> Result<Transformer> {
+    match file.architecture() {
+        "llama" | "mistral" | "qwen2" => llama::from_gguf(file),
+        "gemma3" => gemma3::from_gguf(file),
+        other => bail!(
+            "unsupported GGUF architecture '{other}' in {} (supported: llama, mistral, qwen2, gemma3)",
+            file.path.display()
+        ),
+    }
+}
+
+/// Builds the architecture a Hugging Face `config.json` names in `model_type`.
+pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
+    let model_type = dir.model_type()?;
+    let model = match model_type.as_str() {
+        "llama" | "mistral" | "qwen2" => llama::from_hf(dir),
+        "gemma3" | "gemma3_text" => gemma3::from_hf(dir),
+        "gpt_neox" => gpt_neox::from_hf(dir),
+        "gpt2" => gpt2::from_hf(dir),
+        other => bail!(
+            "unsupported model_type '{other}' in {} (supported: llama, mistral, qwen2, gemma3, gpt_neox, gpt2)",
+            dir.config_path().display()
+        ),
+    };
+    model.with_context(|| format!("loading {}", dir.path.display()))
+}
+
+/// Rotary settings from a Hugging Face config: `rope_parameters` (transformers 5) or
+/// the older `rope_theta` + `rope_scaling` pair.
+pub(crate) fn rope_from_hf(
+    params: Option<&serde_json::Value>,
+    theta: Option<f64>,
+    scaling: Option<&serde_json::Value>,
+    default_theta: f64,
+) -> Result<(f64, blocks::RopeScaling)> {
+    let theta = params
+        .and_then(|p| p.get("rope_theta"))
+        .and_then(|t| t.as_f64())
+        .or(theta)
+        .unwrap_or(default_theta);
+    let spec = match (params, scaling) {
+        (Some(p), _) if p.get("rope_type").is_some() => Some(p),
+        (_, Some(s)) if !s.is_null() => Some(s),
+        _ => None,
+    };
+    let Some(spec) = spec else {
+        return Ok((theta, blocks::RopeScaling::None));
+    };
+    let kind = spec
+        .get("rope_type")
+        .or_else(|| spec.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
+    let num = |key: &str| -> Result<f64> {
+        spec.get(key)
+            .and_then(|v| v.as_f64())
+            .with_context(|| format!("rope scaling '{kind}' needs a numeric '{key}'"))
+    };
+    let scaling = match kind {
+        "default" => blocks::RopeScaling::None,
+        "linear" => blocks::RopeScaling::Linear {
+            factor: num("factor")?,
+        },
+        "llama3" => blocks::RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position: num("original_max_position_embeddings")?,
+        },
+        other => bail!("unsupported rope scaling type '{other}'"),
+    };
+    Ok((theta, scaling))
+}
