@@ -1,0 +1,297 @@
+//! The engine against Python `transformers`: token ids, every layer's hidden states,
+//! attention probabilities, the final norm and logits, for single and padded-batch
+//! inputs, on the two shipped GGUF models and a tiny model of each safetensors
+//! architecture. Golden files come from `scripts/reference/make_goldens.py`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use harness::capture::{self, BatchPlan, FullCapture};
+use harness::loader::{self, LoadedModel};
+use harness::models::Intervention;
+use harness::progress::Progress;
+use harness::tokenizer::BosPolicy;
+use serde::Deserialize;
+
+/// Largest relative error allowed per token row (per query row for attention).
+const TOLERANCE: f32 = 1e-4;
+
+#[derive(Deserialize)]
+struct GoldenMeta {
+    model: String,
+    prompts: Vec<String>,
+    num_layers: usize,
+}
+
+struct Golden {
+    meta: GoldenMeta,
+    tensors: HashMap<String, Tensor>,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn golden(case: &str) -> Golden {
+    let dir = root().join("tests/golden");
+    let meta: GoldenMeta =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{case}.json"))).unwrap())
+            .unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.join(format!("{case}.safetensors")), &Device::Cpu)
+            .unwrap();
+    Golden { meta, tensors }
+}
+
+fn load_model(spec: &str) -> LoadedModel {
+    let spec = if spec.starts_with("tests/") {
+        root().join(spec).display().to_string()
+    } else {
+        spec.to_string()
+    };
+    loader::load(&spec).unwrap_or_else(|e| panic!("{e:#} (run scripts/fetch_assets.py)"))
+}
+
+impl Golden {
+    fn f32(&self, name: &str) -> Vec<f32> {
+        self.tensors[name].flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn dims(&self, name: &str) -> Vec<usize> {
+        self.tensors[name].dims().to_vec()
+    }
+
+    fn ids(&self) -> Vec<Vec<u32>> {
+        let ids: Vec<Vec<i64>> = self.tensors["input_ids"].to_vec2().unwrap();
+        let mask: Vec<Vec<i64>> = self.tensors["attention_mask"].to_vec2().unwrap();
+        ids.iter()
+            .zip(&mask)
+            .map(|(ids, m)| {
+                ids.iter()
+                    .zip(m)
+                    .filter(|(_, &m)| m == 1)
+                    .map(|(&i, _)| i as u32)
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Worst relative L2 error over rows of `width` floats, comparing `ours` (rows of
+/// one sequence) with the golden rows starting at `offset`.
+fn worst_row_error(ours: &[f32], golden: &[f32], offset: usize, width: usize) -> f32 {
+    ours.chunks(width)
+        .enumerate()
+        .map(|(r, row)| {
+            let g = &golden[offset + r * width..offset + (r + 1) * width];
+            let diff: f32 = row.iter().zip(g).map(|(a, b)| (a - b) * (a - b)).sum();
+            let norm: f32 = g.iter().map(|b| b * b).sum();
+            (diff / norm.max(1e-12)).sqrt()
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Runs `seqs` (one batch when `batched`, else one at a time) and returns the
+/// capture plus the largest error against the golden tensors, with its location.
+fn compare(model: &LoadedModel, g: &Golden, batched: bool) -> (f32, String) {
+    let seqs = g.ids();
+    let layers = model.model.num_layers();
+    let mut cap = FullCapture::new(seqs.len(), layers, true);
+    let plan = if batched {
+        BatchPlan {
+            max_tokens: usize::MAX,
+            max_size: seqs.len(),
+        }
+    } else {
+        BatchPlan {
+            max_tokens: 1,
+            max_size: 1,
+        }
+    };
+    capture::run(
+        &model.model,
+        &seqs,
+        model.tokenizer.pad_id(),
+        plan,
+        &Intervention::default(),
+        &mut cap,
+        &Progress::hidden(),
+    )
+    .unwrap();
+
+    let mut worst = (0f32, String::new());
+    let mut note = |err: f32, what: String| {
+        if err > worst.0 || err.is_nan() {
+            worst = (err, what);
+        }
+    };
+    let hd = g.dims("hidden.0");
+    let (t, d) = (hd[1], hd[2]);
+    for l in 0..=layers {
+        let gold = g.f32(&format!("hidden.{l}"));
+        for (b, resid) in cap.resid.iter().enumerate() {
+            let err = worst_row_error(&resid[l], &gold, b * t * d, d);
+            note(err, format!("hidden.{l} sequence {b}"));
+        }
+    }
+    for l in 1..=layers {
+        let name = format!("attn.{l}");
+        let heads = g.dims(&name)[1];
+        let gold = g.f32(&name);
+        for (b, attn) in cap.attn.iter().enumerate() {
+            let len = seqs[b].len();
+            for h in 0..heads {
+                for q in 0..len {
+                    let ours = &attn[l - 1][(h * len + q) * len..][..len];
+                    let off = ((b * heads + h) * t + q) * t;
+                    note(
+                        worst_row_error(ours, &gold, off, len),
+                        format!("{name} sequence {b} head {h} query {q}"),
+                    );
+                }
+            }
+        }
+    }
+
+    // The final norm, logits and next-token log-probabilities from the last layer.
+    let final_gold = g.f32("final_norm");
+    let logits_gold = g.f32("logits_last");
+    let logits_width = g.dims("logits_last")[1];
+    let next_gold = g.f32("next_logprob");
+    for (b, resid) in cap.resid.iter().enumerate() {
+        let len = seqs[b].len();
+        let h = Tensor::from_slice(&resid[layers], (len, d), &Device::Cpu).unwrap();
+        let normed: Vec<f32> = model
+            .model
+            .final_norm(&h)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        note(
+            worst_row_error(&normed, &final_gold, b * t * d, d),
+            format!("final_norm sequence {b}"),
+        );
+        let last = h.narrow(0, len - 1, 1).unwrap();
+        let logits: Vec<f32> = model
+            .model
+            .logits(&last)
+            .unwrap()
+            .narrow(1, 0, logits_width)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        note(
+            worst_row_error(&logits, &logits_gold, b * logits_width, logits_width),
+            format!("logits_last sequence {b}"),
+        );
+        if len > 1 {
+            let lp: Vec<f32> = model
+                .model
+                .target_logprobs(&h.narrow(0, 0, len - 1).unwrap(), &seqs[b][1..])
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            note(
+                worst_row_error(&lp, &next_gold, b * (t - 1), len - 1),
+                format!("next_logprob sequence {b}"),
+            );
+        }
+    }
+    worst
+}
+
+fn check_case(case: &str) {
+    let g = golden(case);
+    let model = load_model(&g.meta.model);
+    assert_eq!(model.model.num_layers(), g.meta.num_layers);
+
+    let ids: Vec<Vec<u32>> = g
+        .meta
+        .prompts
+        .iter()
+        .map(|p| model.tokenizer.encode(p, BosPolicy::Auto).unwrap())
+        .collect();
+    assert_eq!(ids, g.ids(), "{case}: token ids differ from transformers");
+
+    for batched in [false, true] {
+        let (err, at) = compare(&model, &g, batched);
+        let mode = if batched { "padded batch" } else { "single" };
+        eprintln!("{case} ({mode}): worst relative error {err:.2e} at {at}");
+        assert!(
+            err <= TOLERANCE,
+            "{case} ({mode}): relative error {err:.2e} at {at} exceeds {TOLERANCE:.0e}"
+        );
+    }
+}
+
+#[test]
+fn smollm2_gguf_matches_transformers() {
+    check_case("smollm2");
+}
+
+#[test]
+fn gemma3_gguf_matches_transformers() {
+    check_case("gemma3");
+}
+
+#[test]
+fn tiny_llama_matches_transformers() {
+    check_case("tiny-llama");
+}
+
+#[test]
+fn tiny_mistral_matches_transformers() {
+    check_case("tiny-mistral");
+}
+
+#[test]
+fn tiny_qwen2_matches_transformers() {
+    check_case("tiny-qwen2");
+}
+
+#[test]
+fn tiny_gemma3_matches_transformers() {
+    check_case("tiny-gemma3");
+}
+
+#[test]
+fn tiny_gpt_neox_matches_transformers() {
+    check_case("tiny-gpt_neox");
+}
+
+#[test]
+fn tiny_gpt2_matches_transformers() {
+    check_case("tiny-gpt2");
+}
+
+/// The comparison must notice a wrong weight: scale one tensor of a copy of the
+/// tiny Llama by 1% and the golden check has to fail.
+#[test]
+fn a_perturbed_weight_breaks_the_match() {
+    let src = root().join("tests/fixtures/tiny-llama");
+    let dir = std::env::temp_dir().join(format!("harness-perturbed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut weights =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let name = "model.layers.1.mlp.down_proj.weight";
+    let w = weights.remove(name).unwrap();
+    weights.insert(name.to_string(), (w * 1.01).unwrap());
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors")).unwrap();
+
+    let g = golden("tiny-llama");
+    let model = load_model(&dir.display().to_string());
+    let (err, at) = compare(&model, &g, true);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        err > TOLERANCE,
+        "a 1% change to {name} went unnoticed (worst error {err:.2e} at {at})"
+    );
+}
