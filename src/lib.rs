@@ -1,1 +1,3 @@
 //! harness: measure what every layer of a large language model is good for.
+
+pub mod tokenizer;
