@@ -32,7 +32,8 @@ pub fn harness_home() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("HARNESS_HOME") {
         return Ok(PathBuf::from(dir));
     }
-    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("neither HARNESS_HOME nor HOME is set"))?;
+    let home =
+        std::env::var_os("HOME").ok_or_else(|| anyhow!("neither HARNESS_HOME nor HOME is set"))?;
     Ok(PathBuf::from(home).join(".cache").join("harness"))
 }
 

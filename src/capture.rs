@@ -220,7 +220,9 @@ impl FromStr for Pool {
             .into_iter()
             .find(|p| p.name() == s)
             .ok_or_else(|| {
-                anyhow::anyhow!("unknown pooling '{s}' (expected mean, mean-skip-first, first or last)")
+                anyhow::anyhow!(
+                    "unknown pooling '{s}' (expected mean, mean-skip-first, first or last)"
+                )
             })
     }
 }
@@ -243,7 +245,10 @@ impl PooledCapture {
             pools: pools.to_vec(),
             layers,
             hidden,
-            data: pools.iter().map(|_| vec![0f32; n * layers * hidden]).collect(),
+            data: pools
+                .iter()
+                .map(|_| vec![0f32; n * layers * hidden])
+                .collect(),
         }
     }
 
@@ -284,7 +289,9 @@ impl Capture for PooledCapture {
                         acc.iter_mut().zip(src).for_each(|(a, &x)| *a += x as f64);
                     }
                     let n = (to - from) as f64;
-                    dst.iter_mut().zip(&acc).for_each(|(o, &a)| *o = (a / n) as f32);
+                    dst.iter_mut()
+                        .zip(&acc)
+                        .for_each(|(o, &a)| *o = (a / n) as f32);
                 }
             }
         })

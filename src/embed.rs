@@ -36,7 +36,10 @@ pub fn encode(model: &LoadedModel, texts: &[String], enc: Encoding) -> Result<En
     let mut truncated = 0;
     for (i, s) in seqs.iter_mut().enumerate() {
         if s.is_empty() {
-            anyhow::bail!("text {} has no tokens (empty text with --bos never?)", i + 1);
+            anyhow::bail!(
+                "text {} has no tokens (empty text with --bos never?)",
+                i + 1
+            );
         }
         if s.len() > context {
             if !enc.truncate {
@@ -90,7 +93,11 @@ pub fn embed_texts(
         progress,
     )?;
     let (layers, hidden) = (cap.layers(), cap.hidden());
-    let (_, data) = cap.into_data().into_iter().next().context("no pooled output")?;
+    let (_, data) = cap
+        .into_data()
+        .into_iter()
+        .next()
+        .context("no pooled output")?;
     Ok(Embeddings {
         pool,
         data,

@@ -14,7 +14,11 @@ use harness::progress::Progress;
 use harness::tokenizer::BosPolicy;
 
 #[derive(Parser)]
-#[command(name = "harness", version, about = "Measure what every layer of a language model is good for")]
+#[command(
+    name = "harness",
+    version,
+    about = "Measure what every layer of a language model is good for"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

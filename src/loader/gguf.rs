@@ -149,9 +149,7 @@ impl GgufFile {
         let q = self
             .content
             .tensor(&mut *reader, gguf_name, &Device::Cpu)
-            .with_context(|| {
-                format!("reading tensor {gguf_name} from {}", self.path.display())
-            })?;
+            .with_context(|| format!("reading tensor {gguf_name} from {}", self.path.display()))?;
         drop(reader);
         q.dequantize(&Device::Cpu)
             .with_context(|| format!("dequantizing tensor {gguf_name}"))

@@ -168,7 +168,8 @@ fn safetensors_types(dir: &hf::HfDir) -> Result<BTreeMap<String, usize>> {
     let mut counts = BTreeMap::new();
     for file in dir.weight_files()? {
         let bad = || format!("{} is not a valid safetensors file", file.display());
-        let mut f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+        let mut f = std::fs::File::open(&file)
+            .with_context(|| format!("cannot open {}", file.display()))?;
         let mut len = [0u8; 8];
         f.read_exact(&mut len).with_context(bad)?;
         let len = u64::from_le_bytes(len);
@@ -183,7 +184,10 @@ fn safetensors_types(dir: &hf::HfDir) -> Result<BTreeMap<String, usize>> {
             if name == "__metadata__" {
                 continue;
             }
-            let dtype = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("unknown");
+            let dtype = info
+                .get("dtype")
+                .and_then(|d| d.as_str())
+                .unwrap_or("unknown");
             *counts.entry(dtype.to_string()).or_insert(0) += 1;
         }
     }

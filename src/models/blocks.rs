@@ -2,9 +2,11 @@
 //! attention, MLPs and the residual block. Architecture files only decide which pieces
 //! a model uses and where its weights are; the arithmetic lives here, once.
 
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor, D};
 use candle_nn::VarBuilder;
+
+use super::kernels;
 
 /// The normalisation a model applies before (and, in Gemma, after) each sublayer.
 #[derive(Debug, Clone)]
@@ -38,6 +40,14 @@ impl Norm {
             bias: Some(vb.get(size, "bias")?),
             eps: eps as f32,
         })
+    }
+
+    /// The weight and epsilon of an RMSNorm, for kernels that apply it themselves.
+    fn rms_weights(&self) -> Result<(Vec<f32>, f32)> {
+        if self.bias.is_some() {
+            bail!("expected an RMSNorm, found a LayerNorm");
+        }
+        Ok((self.weight.to_vec1()?, self.eps))
     }
 
     /// Normalises over the last dimension.
@@ -92,7 +102,11 @@ impl Linear {
                 .iter()
                 .map(|p| match &p.bias {
                     Some(b) => Ok(b.clone()),
-                    None => Ok(Tensor::zeros(p.weight.dim(0)?, DType::F32, p.weight.device())?),
+                    None => Ok(Tensor::zeros(
+                        p.weight.dim(0)?,
+                        DType::F32,
+                        p.weight.device(),
+                    )?),
                 })
                 .collect::<Result<Vec<_>>>()?;
             Some(Tensor::cat(&biases, 0)?)
@@ -125,7 +139,7 @@ impl Linear {
 
     /// Applies the map to `[n, in]` rows.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = kernels::matmul_t(x, &self.weight)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -153,6 +167,15 @@ impl Activation {
             "relu" => Self::Relu,
             other => bail!("unsupported activation function '{other}'"),
         })
+    }
+
+    /// The fused kernel computing this activation, where there is one.
+    fn fused(self) -> Option<kernels::Act> {
+        match self {
+            Self::Silu => Some(kernels::Act::Silu),
+            Self::GeluTanh => Some(kernels::Act::GeluTanh),
+            Self::GeluErf | Self::Relu => None,
+        }
     }
 
     fn apply(self, x: &Tensor) -> Result<Tensor> {
@@ -200,7 +223,12 @@ impl Mlp {
     }
 
     /// Llama-style `gate_proj`/`up_proj`/`down_proj` without biases.
-    pub fn load_gated(vb: VarBuilder, hidden: usize, inter: usize, act: Activation) -> Result<Self> {
+    pub fn load_gated(
+        vb: VarBuilder,
+        hidden: usize,
+        inter: usize,
+        act: Activation,
+    ) -> Result<Self> {
         Self::gated(
             Linear::load(vb.pp("gate_proj"), hidden, inter, false)?,
             Linear::load(vb.pp("up_proj"), hidden, inter, false)?,
@@ -212,12 +240,14 @@ impl Mlp {
     /// `[n, hidden]` rows in, `[n, hidden]` rows out.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.up.forward(x)?;
-        let h = if self.gated {
-            let gate = h.narrow(D::Minus1, 0, self.intermediate)?;
-            let up = h.narrow(D::Minus1, self.intermediate, self.intermediate)?;
-            (self.act.apply(&gate)? * up)?
-        } else {
-            self.act.apply(&h)?
+        let h = match (self.gated, self.act.fused()) {
+            (true, Some(act)) => kernels::gated_act(&h, self.intermediate, act)?,
+            (true, None) => {
+                let gate = h.narrow(D::Minus1, 0, self.intermediate)?;
+                let up = h.narrow(D::Minus1, self.intermediate, self.intermediate)?;
+                (self.act.apply(&gate)? * up)?
+            }
+            (false, _) => self.act.apply(&h)?,
         };
         self.down.forward(&h)
     }
@@ -270,8 +300,8 @@ impl Rotary {
         self.dim == other.dim && self.inv_freq == other.inv_freq
     }
 
-    /// cos and sin tables `[len, dim/2]` for positions `0..len`.
-    pub fn tables(&self, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    /// cos and sin tables for positions `0..len`.
+    pub fn tables(&self, len: usize) -> RopeTables {
         let half = self.dim / 2;
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);
@@ -282,30 +312,14 @@ impl Rotary {
                 sin.push(angle.sin());
             }
         }
-        Ok((
-            Tensor::from_vec(cos, (len, half), device)?,
-            Tensor::from_vec(sin, (len, half), device)?,
-        ))
+        RopeTables { cos, sin }
     }
+}
 
-    /// Rotates `[b, heads, t, head_dim]`; channels past `dim` pass through unchanged.
-    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let head_dim = x.dim(D::Minus1)?;
-        let rope = |x: &Tensor| -> Result<Tensor> {
-            let x = x.contiguous()?;
-            Ok(if self.interleaved {
-                candle_nn::rotary_emb::rope_i(&x, cos, sin)?
-            } else {
-                candle_nn::rotary_emb::rope(&x, cos, sin)?
-            })
-        };
-        if self.dim == head_dim {
-            return rope(x);
-        }
-        let rotated = rope(&x.narrow(D::Minus1, 0, self.dim)?)?;
-        let rest = x.narrow(D::Minus1, self.dim, head_dim - self.dim)?;
-        Ok(Tensor::cat(&[&rotated, &rest], D::Minus1)?)
-    }
+/// cos and sin of every position's rotation angles, `[len, dim/2]` row-major.
+pub struct RopeTables {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 fn scale_frequency(f: f32, scaling: &RopeScaling) -> f32 {
@@ -334,17 +348,6 @@ fn scale_frequency(f: f32, scaling: &RopeScaling) -> f32 {
     }
 }
 
-/// Per-batch inputs every attention layer shares: rotary tables and masks.
-pub struct AttentionInputs {
-    pub batch: usize,
-    pub len: usize,
-    /// `(cos, sin)` per distinct rotary configuration, keyed by layer.
-    pub rotary: Vec<Option<(Tensor, Tensor)>>,
-    /// Additive mask `[b, 1, t, t]` per layer (layers share the same tensor when
-    /// their window is the same).
-    pub masks: Vec<Tensor>,
-}
-
 /// Multi-head attention with grouped K/V heads, optional Q/K norms and rotary.
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -354,8 +357,8 @@ pub struct Attention {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
-    q_norm: Option<Norm>,
-    k_norm: Option<Norm>,
+    q_norm: Option<(Vec<f32>, f32)>,
+    k_norm: Option<(Vec<f32>, f32)>,
     pub rotary: Option<Rotary>,
     scale: f64,
     /// Keys further back than this are invisible (sliding-window layers).
@@ -380,7 +383,7 @@ pub struct AttentionParts {
 
 impl Attention {
     pub fn new(p: AttentionParts) -> Result<Self> {
-        if p.num_kv_heads == 0 || p.num_heads % p.num_kv_heads != 0 {
+        if p.num_kv_heads == 0 || !p.num_heads.is_multiple_of(p.num_kv_heads) {
             bail!(
                 "{} attention heads cannot be grouped over {} key/value heads",
                 p.num_heads,
@@ -393,8 +396,8 @@ impl Attention {
             num_heads: p.num_heads,
             num_kv_heads: p.num_kv_heads,
             head_dim: p.head_dim,
-            q_norm: p.q_norm,
-            k_norm: p.k_norm,
+            q_norm: p.q_norm.map(|n| n.rms_weights()).transpose()?,
+            k_norm: p.k_norm.map(|n| n.rms_weights()).transpose()?,
             rotary: p.rotary,
             scale: p.scale,
             window: p.window,
@@ -419,54 +422,54 @@ impl Attention {
         ))
     }
 
-    /// `x`: `[b*t, hidden]` rows. Returns the output rows and, when `want_probs`, the
-    /// attention probabilities `[b, heads, t, t]`.
+    /// `x`: `[b*t, hidden]` rows of sequences with real lengths `lens`. Returns the
+    /// output rows and, when `want_probs`, the attention probabilities
+    /// `[b, heads, t, t]`.
     pub fn forward(
         &self,
         x: &Tensor,
-        batch: usize,
+        lens: &[usize],
         len: usize,
-        rotary: Option<&(Tensor, Tensor)>,
-        mask: &Tensor,
+        rope: Option<&RopeTables>,
         want_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let qkv = self.qkv.forward(x)?;
-        let split = |start: usize, heads: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(D::Minus1, start * hd, heads * hd)?
-                .reshape((batch, len, heads, hd))?)
+        let layout = kernels::HeadLayout {
+            batch: lens.len(),
+            len,
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
         };
-        let mut q = split(0, h)?;
-        let mut k = split(h, kv)?;
-        let v = split(h + kv, kv)?;
-        if let Some(norm) = &self.q_norm {
-            q = norm.forward(&q.contiguous()?)?;
-        }
-        if let Some(norm) = &self.k_norm {
-            k = norm.forward(&k.contiguous()?)?;
-        }
-        let mut q = q.transpose(1, 2)?.contiguous()?;
-        let mut k = k.transpose(1, 2)?.contiguous()?;
-        let v = v.transpose(1, 2)?.contiguous()?;
-        if let (Some(rot), Some((cos, sin))) = (&self.rotary, rotary) {
-            q = rot.apply(&q, cos, sin)?;
-            k = rot.apply(&k, cos, sin)?;
-        }
-        // Grouped-query attention without copying K/V per query head: the query heads
-        // that share a K/V head are laid out as extra rows of one matrix product.
-        let group = h / kv;
-        let q = q.reshape((batch, kv, group * len, hd))?;
-        let scores = (q.matmul(&k.t()?)? * self.scale)?;
-        let scores = scores.reshape((batch, h, len, len))?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
-        let ctx = probs.reshape((batch, kv, group * len, len))?.matmul(&v)?;
-        let ctx = ctx
-            .reshape((batch, h, len, hd))?
-            .transpose(1, 2)?
-            .reshape((batch * len, h * hd))?;
-        let out = self.out.forward(&ctx)?;
-        Ok((out, want_probs.then_some(probs)))
+        let rope = match (&self.rotary, rope) {
+            (Some(rot), Some(tables)) => Some(kernels::RopeSpec {
+                cos: &tables.cos,
+                sin: &tables.sin,
+                dim: rot.dim,
+                interleaved: rot.interleaved,
+            }),
+            _ => None,
+        };
+        let qkv = self.qkv.forward(x)?;
+        let (q, k, v) = kernels::split_heads(
+            &qkv,
+            &layout,
+            head_norm(&self.q_norm),
+            head_norm(&self.k_norm),
+            rope,
+        )?;
+        let (ctx, probs) = kernels::attention(
+            &q,
+            &k,
+            &v,
+            &kernels::AttentionSpec {
+                layout: &layout,
+                lens,
+                scale: self.scale as f32,
+                window: self.window,
+                want_probs,
+            },
+        )?;
+        Ok((self.out.forward(&ctx)?, probs))
     }
 }
 
@@ -502,10 +505,11 @@ pub struct BlockOutput {
 
 /// Per-call switches of a block's forward pass.
 pub struct BlockCall<'a> {
-    pub batch: usize,
+    /// Real length of each sequence in the batch.
+    pub lens: &'a [usize],
+    /// Padded length.
     pub len: usize,
-    pub rotary: Option<&'a (Tensor, Tensor)>,
-    pub mask: &'a Tensor,
+    pub rope: Option<&'a RopeTables>,
     pub want_probs: bool,
     /// `[b*t, 1]` multiplier that zeroes the MLP output at position 0 (the ablation).
     pub mlp_keep: Option<&'a Tensor>,
@@ -516,10 +520,9 @@ impl Block {
     pub fn forward(&self, x: &Tensor, call: &BlockCall) -> Result<BlockOutput> {
         let (attn_out, probs) = self.attn.forward(
             &self.attn_norm.forward(x)?,
-            call.batch,
+            call.lens,
             call.len,
-            call.rotary,
-            call.mask,
+            call.rope,
             call.want_probs,
         )?;
         let attn_out = match &self.post_attn_norm {
@@ -552,27 +555,7 @@ impl Block {
     }
 }
 
-/// Additive attention mask `[b, 1, t, t]`: causal, hiding padded keys (right padding)
-/// and, for sliding-window layers, keys `window` or more positions back.
-pub fn attention_mask(lens: &[usize], len: usize, window: Option<usize>) -> Result<Tensor> {
-    let mut data = vec![0f32; lens.len() * len * len];
-    for (b, &real) in lens.iter().enumerate() {
-        for q in 0..len {
-            let row = &mut data[(b * len + q) * len..(b * len + q + 1) * len];
-            for (k, v) in row.iter_mut().enumerate() {
-                // Padded queries see every real key: a row with no visible key would
-                // turn into NaN and leak into real rows through the padded keys.
-                let visible = if q < real {
-                    k <= q && window.is_none_or(|w| q - k < w)
-                } else {
-                    k < real
-                };
-                if !visible {
-                    *v = f32::NEG_INFINITY;
-                }
-            }
-        }
-    }
-    Tensor::from_vec(data, (lens.len(), 1, len, len), &Device::Cpu)
-        .context("building the attention mask")
+fn head_norm(n: &Option<(Vec<f32>, f32)>) -> Option<kernels::HeadNorm<'_>> {
+    n.as_ref()
+        .map(|(weight, eps)| kernels::HeadNorm { weight, eps: *eps })
 }

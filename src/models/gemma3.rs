@@ -120,13 +120,19 @@ pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
         ),
         p => (
             rope_from_hf(p, c.rope_theta, c.rope_scaling.as_ref(), 1_000_000.0)?,
-            (c.rope_local_base_freq.unwrap_or(10_000.0), RopeScaling::None),
+            (
+                c.rope_local_base_freq.unwrap_or(10_000.0),
+                RopeScaling::None,
+            ),
         ),
     };
     let n = c.num_hidden_layers;
     let sliding: Vec<bool> = match &c.layer_types {
         Some(types) if types.len() == n => types.iter().map(|t| t == "sliding_attention").collect(),
-        Some(types) => bail!("layer_types lists {} layers, num_hidden_layers is {n}", types.len()),
+        Some(types) => bail!(
+            "layer_types lists {} layers, num_hidden_layers is {n}",
+            types.len()
+        ),
         None => {
             let pattern = c.sliding_window_pattern.unwrap_or(DEFAULT_PATTERN);
             (0..n).map(|i| (i + 1) % pattern != 0).collect()
@@ -219,7 +225,10 @@ fn build(vb: VarBuilder, s: Settings) -> Result<Transformer> {
     let (hidden, hd) = (c.hidden_size, c.head_dim);
     let p = s.prefix;
     let norm = |vb: VarBuilder, size: usize| Norm::rms(vb, size, s.eps, s.norm_offset);
-    let embed = vb.get((c.vocab_size, hidden), &format!("{p}model.embed_tokens.weight"))?;
+    let embed = vb.get(
+        (c.vocab_size, hidden),
+        &format!("{p}model.embed_tokens.weight"),
+    )?;
     let mut blocks = Vec::with_capacity(c.num_layers);
     for (i, kind) in s.layers.iter().enumerate() {
         let vb = vb.pp(format!("{p}model.layers.{i}"));

@@ -74,7 +74,12 @@ pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
         let vb = vb.pp(format!("gpt_neox.layers.{i}"));
         let vba = vb.pp("attention");
         let qkv = by_projection(
-            Linear::load(vba.pp("query_key_value"), hidden, 3 * hidden, c.attention_bias)?,
+            Linear::load(
+                vba.pp("query_key_value"),
+                hidden,
+                3 * hidden,
+                c.attention_bias,
+            )?,
             heads,
         )?;
         let attn = Attention::new(AttentionParts {

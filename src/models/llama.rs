@@ -93,11 +93,18 @@ pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
     let windows = match (&c.layer_types, c.model_type.as_str()) {
         (Some(types), _) => {
             if types.len() != layers {
-                bail!("layer_types lists {} layers, num_hidden_layers is {layers}", types.len());
+                bail!(
+                    "layer_types lists {} layers, num_hidden_layers is {layers}",
+                    types.len()
+                );
             }
             types
                 .iter()
-                .map(|t| (t == "sliding_attention").then_some(c.sliding_window).flatten())
+                .map(|t| {
+                    (t == "sliding_attention")
+                        .then_some(c.sliding_window)
+                        .flatten()
+                })
                 .collect()
         }
         (None, "mistral") => vec![c.sliding_window; layers],

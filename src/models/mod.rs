@@ -6,6 +6,7 @@ pub mod blocks;
 pub mod gemma3;
 pub mod gpt2;
 pub mod gpt_neox;
+pub mod kernels;
 pub mod llama;
 
 use anyhow::{bail, Context, Result};
@@ -15,7 +16,7 @@ use serde::Serialize;
 use crate::capture::{Batch, Capture};
 use crate::loader::gguf::GgufFile;
 use crate::loader::hf::HfDir;
-use blocks::{attention_mask, Block, BlockCall, Norm};
+use blocks::{Block, BlockCall, Norm, RopeTables, Rotary};
 
 /// The shape of a model, whatever its architecture.
 #[derive(Debug, Clone, Serialize)]
@@ -125,62 +126,55 @@ impl Transformer {
         }
         if let Some(pos) = &self.positions {
             if t > pos.dim(0)? {
-                bail!("sequence of {t} tokens exceeds {} learned positions", pos.dim(0)?);
+                bail!(
+                    "sequence of {t} tokens exceeds {} learned positions",
+                    pos.dim(0)?
+                );
             }
             let p = pos.narrow(0, 0, t)?;
-            x = x.reshape((b, t, hidden))?.broadcast_add(&p)?.reshape((b * t, hidden))?;
+            x = x
+                .reshape((b, t, hidden))?
+                .broadcast_add(&p)?
+                .reshape((b * t, hidden))?;
         }
         capture.on_resid(0, &x.reshape((b, t, hidden))?, batch)?;
         if depth == 0 {
             return Ok(());
         }
 
-        // Masks and rotary tables are shared by every layer with the same window or
-        // the same rotary settings.
-        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
-        let mut rotaries: Vec<(usize, (Tensor, Tensor))> = Vec::new();
+        // Rotary tables are shared by every layer with the same frequencies.
+        let mut ropes: Vec<(&Rotary, RopeTables)> = Vec::new();
         let mlp_keep = if intervention.ablate_first_mlp.is_empty() {
             None
         } else {
-            let keep: Vec<f32> = (0..b * t).map(|i| if i % t == 0 { 0.0 } else { 1.0 }).collect();
+            let keep: Vec<f32> = (0..b * t)
+                .map(|i| if i % t == 0 { 0.0 } else { 1.0 })
+                .collect();
             Some(Tensor::from_vec(keep, (b * t, 1), &device)?)
         };
 
         for (i, block) in self.blocks.iter().take(depth).enumerate() {
             let layer = i + 1;
-            let window = block.attn.window;
-            let mask_at = match masks.iter().position(|(w, _)| *w == window) {
-                Some(at) => at,
-                None => {
-                    masks.push((window, attention_mask(&batch.lens, t, window)?));
-                    masks.len() - 1
-                }
-            };
-            let rotary = match &block.attn.rotary {
+            let rope = match &block.attn.rotary {
                 None => None,
                 Some(rot) => {
-                    let same = |j: usize| {
-                        let other = self.blocks[j].attn.rotary.as_ref();
-                        other.is_some_and(|o| o.same_frequencies(rot))
-                    };
-                    let at = match rotaries.iter().position(|(j, _)| same(*j)) {
+                    let at = match ropes.iter().position(|(r, _)| r.same_frequencies(rot)) {
                         Some(at) => at,
                         None => {
-                            rotaries.push((i, rot.tables(t, &device)?));
-                            rotaries.len() - 1
+                            ropes.push((rot, rot.tables(t)));
+                            ropes.len() - 1
                         }
                     };
-                    Some(&rotaries[at].1)
+                    Some(&ropes[at].1)
                 }
             };
             let ablate = intervention.ablate_first_mlp.contains(&layer);
             let out = block.forward(
                 &x,
                 &BlockCall {
-                    batch: b,
+                    lens: &batch.lens,
                     len: t,
-                    rotary,
-                    mask: &masks[mask_at].1,
+                    rope,
                     want_probs: capture.wants_attention(layer),
                     mlp_keep: if ablate { mlp_keep.as_ref() } else { None },
                 },
