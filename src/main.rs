@@ -93,6 +93,9 @@ impl RunArgs {
 }
 
 fn main() -> ExitCode {
+    // candle attaches a backtrace to its errors when RUST_BACKTRACE is set; errors
+    // here are one line for the user, so only panics keep their backtraces.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,327 @@
+//! The `harness` binary end to end: `inspect` and `embed` on the shipped models, and
+//! every kind of bad input giving one clear line, a non-zero exit and no output file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn harness(args: &[&str]) -> Output {
+    // With RUST_BACKTRACE set, libraries attach backtraces to errors; the message
+    // must still be one line.
+    Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run harness")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A fresh scratch directory per test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("harness-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a clean failure: non-zero exit, one `error:` line naming `needle`.
+fn assert_fails_with(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {err}"
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn inspect_json(model: &str) -> serde_json::Value {
+    let out = harness(&["inspect", "--model", model, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn inspect_reports_the_shipped_models() {
+    for (alias, arch, layers, hidden, heads, kv, vocab, bos, add_bos) in [
+        ("smollm2", "llama", 30, 576, 9, 3, 49152, 1, false),
+        ("llama", "llama", 30, 576, 9, 3, 49152, 1, false),
+        ("gemma3", "gemma3", 18, 640, 4, 1, 262144, 2, true),
+    ] {
+        let info = inspect_json(alias);
+        assert_eq!(info["architecture"], arch, "{alias}");
+        assert_eq!(info["num_layers"], layers, "{alias}");
+        assert_eq!(info["hidden_size"], hidden, "{alias}");
+        assert_eq!(info["num_heads"], heads, "{alias}");
+        assert_eq!(info["num_kv_heads"], kv, "{alias}");
+        assert_eq!(info["vocab_size"], vocab, "{alias}");
+        assert_eq!(info["bos_token_id"], bos, "{alias}");
+        assert_eq!(info["add_bos_token"], add_bos, "{alias}");
+        assert_eq!(info["format"], "gguf");
+        assert!(info["weight_types"].as_object().unwrap().len() >= 2);
+    }
+    let info = inspect_json(fixture("tiny-gpt_neox").to_str().unwrap());
+    assert_eq!(info["architecture"], "gpt_neox");
+    assert_eq!(info["format"], "safetensors");
+    assert_eq!(info["weight_types"]["F32"].as_u64().unwrap() > 0, true);
+}
+
+fn read_embeddings(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let t = candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap();
+    let e = &t["embeddings"];
+    (
+        e.dims().to_vec(),
+        e.flatten_all().unwrap().to_vec1().unwrap(),
+    )
+}
+
+#[test]
+fn embed_writes_every_layer_in_input_order() {
+    let dir = scratch("embed");
+    let texts = [
+        "A short one.",
+        "This sentence is quite a bit longer than the first, so batches get padding.",
+        "Middle length text here.",
+    ];
+    std::fs::write(dir.join("in.txt"), texts.join("\n") + "\n").unwrap();
+    let out_path = dir.join("out.safetensors");
+    let out = harness(&[
+        "embed",
+        "--model",
+        "smollm2",
+        "--input",
+        dir.join("in.txt").to_str().unwrap(),
+        "--pool",
+        "mean-skip-first",
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (dims, all) = read_embeddings(&out_path);
+    assert_eq!(dims, vec![3, 31, 576]);
+
+    // Each row must equal the text embedded alone: batching and sorting by length
+    // may not reorder or mix rows.
+    for (i, text) in texts.iter().enumerate() {
+        std::fs::write(dir.join("one.txt"), text).unwrap();
+        let one_path = dir.join("one.safetensors");
+        let out = harness(&[
+            "embed",
+            "--model",
+            "smollm2",
+            "--input",
+            dir.join("one.txt").to_str().unwrap(),
+            "--pool",
+            "mean-skip-first",
+            "--out",
+            one_path.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (dims, one) = read_embeddings(&one_path);
+        assert_eq!(dims, vec![1, 31, 576]);
+        let row = &all[i * 31 * 576..(i + 1) * 31 * 576];
+        for (l, (a, b)) in row.chunks(576).zip(one.chunks(576)).enumerate() {
+            let diff: f32 = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y) * (x - y))
+                .sum::<f32>()
+                .sqrt();
+            let norm: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
+            assert!(
+                diff <= 1e-4 * norm,
+                "text {i} layer {l}: {diff} vs norm {norm}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs `embed` expecting a clean failure naming `needle`, with no output written.
+fn embed_fails(model: &str, input: &Path, extra: &[&str], needle: &str) {
+    let dir = input.parent().unwrap();
+    let out_path = dir.join("never.safetensors");
+    let mut args = vec![
+        "embed",
+        "--model",
+        model,
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out_path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = harness(&args);
+    assert_fails_with(&out, needle);
+    assert!(
+        !out_path.exists(),
+        "a failed run left {}",
+        out_path.display()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "partial files left behind");
+}
+
+/// A copy of a tiny fixture model with `edit` applied to its config.
+fn tiny_copy(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let src = fixture(name);
+    let dst = dir.join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(dst.join("config.json"), config.to_string()).unwrap();
+    dst
+}
+
+/// A minimal GGUF file whose one tensor has quantization type 16 (IQ2_XXS).
+fn gguf_with_unsupported_type(path: &Path) {
+    let mut b = Vec::new();
+    let string = |b: &mut Vec<u8>, s: &str| {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    };
+    b.extend(b"GGUF");
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata entries
+    string(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes()); // string value
+    string(&mut b, "llama");
+    string(&mut b, "token_embd.weight");
+    b.extend(2u32.to_le_bytes());
+    b.extend(256u64.to_le_bytes());
+    b.extend(4u64.to_le_bytes());
+    b.extend(16u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.resize(b.len().div_ceil(32) * 32 + 1024, 0);
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line() {
+    let dir = scratch("bad");
+    let good = dir.join("good.txt");
+    std::fs::write(&good, "Hello there.\nAnother text.\n").unwrap();
+
+    // Missing and empty input files.
+    embed_fails("smollm2", &dir.join("missing.txt"), &[], "cannot read");
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    embed_fails("smollm2", &empty, &[], "is empty");
+    let blank = dir.join("blank.txt");
+    std::fs::write(&blank, "one\n\nthree\n").unwrap();
+    embed_fails("smollm2", &blank, &[], "line 2 is empty");
+
+    // Missing, truncated and corrupt model files.
+    embed_fails(
+        dir.join("nope.gguf").to_str().unwrap(),
+        &good,
+        &[],
+        "does not exist",
+    );
+    embed_fails("no-such-alias", &good, &[], "unknown model");
+    let real = harness_home().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let bytes = std::fs::read(&real).unwrap();
+    let truncated = dir.join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    embed_fails(truncated.to_str().unwrap(), &good, &[], "remaining in file");
+    let garbage = dir.join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a gguf file at all").unwrap();
+    embed_fails(
+        garbage.to_str().unwrap(),
+        &good,
+        &[],
+        "not a readable GGUF file",
+    );
+    let iq = dir.join("iq2.gguf");
+    gguf_with_unsupported_type(&iq);
+    embed_fails(
+        iq.to_str().unwrap(),
+        &good,
+        &[],
+        "unsupported quantization type",
+    );
+
+    // Unknown architecture, and a config that disagrees with the weights.
+    let unknown = tiny_copy(&dir, "tiny-llama", |c| c["model_type"] = "mamba".into());
+    embed_fails(
+        unknown.to_str().unwrap(),
+        &good,
+        &[],
+        "unsupported model_type 'mamba'",
+    );
+    let _ = std::fs::remove_dir_all(&unknown);
+    let wrong = tiny_copy(&dir, "tiny-llama", |c| c["intermediate_size"] = 96.into());
+    embed_fails(wrong.to_str().unwrap(), &good, &[], "shape mismatch");
+    let _ = std::fs::remove_dir_all(&wrong);
+    let broken = tiny_copy(&dir, "tiny-gpt2", |_| {});
+    let weights = std::fs::read(broken.join("model.safetensors")).unwrap();
+    std::fs::write(
+        broken.join("model.safetensors"),
+        &weights[..weights.len() / 3],
+    )
+    .unwrap();
+    embed_fails(
+        broken.to_str().unwrap(),
+        &good,
+        &[],
+        "truncated or corrupt safetensors",
+    );
+    let _ = std::fs::remove_dir_all(&broken);
+
+    // A text longer than the context: refused, or cut with a warning when asked.
+    let long = dir.join("long.txt");
+    std::fs::write(&long, "word ".repeat(200)).unwrap();
+    let gpt2 = fixture("tiny-gpt2");
+    embed_fails(
+        gpt2.to_str().unwrap(),
+        &long,
+        &[],
+        "more than the model's context of 64",
+    );
+    let out_path = dir.join("cut.safetensors");
+    let out = harness(&[
+        "embed",
+        "--model",
+        gpt2.to_str().unwrap(),
+        "--input",
+        long.to_str().unwrap(),
+        "--truncate",
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: 1 text(s) were cut"));
+    assert_eq!(read_embeddings(&out_path).0, vec![1, 4, 64]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn harness_home() -> PathBuf {
+    match std::env::var_os("HARNESS_HOME") {
+        Some(h) => PathBuf::from(h),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/harness"),
+    }
+}
