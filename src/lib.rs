@@ -8,6 +8,7 @@ pub mod datasets;
 pub mod embed;
 pub mod hub;
 pub mod loader;
+pub mod metrics;
 pub mod models;
 pub mod output;
 pub mod progress;
