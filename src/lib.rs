@@ -11,6 +11,7 @@ pub mod loader;
 pub mod metrics;
 pub mod models;
 pub mod output;
+pub mod probe;
 pub mod progress;
 pub mod report;
 pub mod tokenizer;
