@@ -268,7 +268,11 @@ pub struct Standardizer {
 
 impl Standardizer {
     /// Fits on the rows `rows` of `x`.
+    ///
+    /// # Panics
+    /// If `rows` is empty.
     pub fn fit(x: ArrayView2<f32>, rows: &[usize]) -> Standardizer {
+        assert!(!rows.is_empty(), "Standardizer::fit needs at least one row");
         let d = x.ncols();
         let n = rows.len() as f64;
         let mut mean = vec![0.0; d];
@@ -460,8 +464,8 @@ impl LogisticModel {
 /// same shape; the minimum does not depend on it, only the work to reach it.
 ///
 /// # Errors
-/// Mismatched lengths, fewer than two classes, a class without examples, labels out of
-/// range, a non-positive `C`, or an `init` of the wrong shape.
+/// Mismatched lengths, no feature columns, fewer than two classes, a class without
+/// examples, labels out of range, a non-positive `C`, or an `init` of the wrong shape.
 pub fn fit_logistic(
     x: ArrayView2<f32>,
     labels: &[usize],
@@ -475,6 +479,7 @@ pub fn fit_logistic(
         x.nrows(),
         labels.len()
     );
+    ensure!(x.ncols() > 0, "features have no columns");
     ensure!(
         num_classes >= 2,
         "logistic regression needs at least two classes, got {num_classes}"
@@ -789,8 +794,9 @@ struct Objective<'a> {
     simd: Simd,
 }
 
-/// Rows per block of the gradient update: each pass over a gradient row then folds in
-/// four examples, a quarter of the loads and stores of one at a time.
+/// Rows per block: each loaded chunk of a weight row serves four examples' scores, and
+/// each pass over a gradient row folds in four examples, a quarter of the loads and
+/// stores of one at a time.
 const BLOCK: usize = 4;
 
 impl Objective<'_> {
