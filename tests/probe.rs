@@ -458,9 +458,10 @@ fn bad_inputs_fail_with_one_clear_line() {
 /// Per-layer time at the benchmark's size (n = 2000, d = 576, 5 folds, 4 C values, 3
 /// inner folds). Run with
 /// `cargo test --release --test probe -- --ignored --nocapture bench`;
-/// `PROBE_BENCH_CLASSES` sets the number of classes (default 4) and `PROBE_BENCH_DUMP`
-/// names a file to write the features and labels to for
-/// `scripts/reference/probe_reference.py --bench`.
+/// `PROBE_BENCH_CLASSES` sets the number of classes (default 4), `PROBE_BENCH_LAYERS` the
+/// number of synthetic layers (default 3, each with a stronger class signal), and
+/// `PROBE_BENCH_DUMP` a path prefix: layer `l` is written to `PREFIX.l` (f32 features,
+/// then u32 labels, little-endian) for `scripts/reference/probe_reference.py --bench`.
 #[test]
 #[ignore]
 fn bench_probe_layer() {
