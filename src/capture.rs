@@ -231,6 +231,7 @@ impl FromStr for Pool {
 /// pooling, built batch by batch so no layer's token matrix outlives its batch.
 pub struct PooledCapture {
     pools: Vec<Pool>,
+    n: usize,
     layers: usize,
     hidden: usize,
     /// Per pooling, row-major `[n, layers, hidden]`.
@@ -243,6 +244,7 @@ impl PooledCapture {
         let layers = depth + 1;
         Self {
             pools: pools.to_vec(),
+            n,
             layers,
             hidden,
             data: pools
@@ -252,21 +254,79 @@ impl PooledCapture {
         }
     }
 
-    pub fn pools(&self) -> &[Pool] {
-        &self.pools
+    /// The pooled vectors, one [`Pooled`] per pooling, in the order asked for.
+    pub fn into_pooled(self) -> Vec<(Pool, Pooled)> {
+        let (n, layers, hidden) = (self.n, self.layers, self.hidden);
+        self.pools
+            .into_iter()
+            .zip(self.data)
+            .map(|(p, data)| {
+                (
+                    p,
+                    Pooled {
+                        data,
+                        n,
+                        layers,
+                        hidden,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// One vector per text per layer, row-major `[n, layers, hidden]`.
+#[derive(Debug, Clone)]
+pub struct Pooled {
+    pub data: Vec<f32>,
+    pub n: usize,
+    pub layers: usize,
+    pub hidden: usize,
+}
+
+impl Pooled {
+    /// Layer `l` as an `[n, hidden]` view (strided; no copy).
+    pub fn layer(&self, l: usize) -> ndarray::ArrayView2<'_, f32> {
+        use ndarray::ShapeBuilder;
+        let stride = self.layers * self.hidden;
+        ndarray::ArrayView2::from_shape(
+            (self.n, self.hidden).strides((stride, 1)),
+            &self.data[l * self.hidden..],
+        )
+        .expect("layer view within bounds")
     }
 
-    pub fn layers(&self) -> usize {
-        self.layers
+    /// The rows `rows` (in that order), every layer.
+    pub fn select(&self, rows: &[usize]) -> Pooled {
+        let width = self.layers * self.hidden;
+        let mut data = Vec::with_capacity(rows.len() * width);
+        for &r in rows {
+            data.extend_from_slice(&self.data[r * width..(r + 1) * width]);
+        }
+        Pooled {
+            data,
+            n: rows.len(),
+            layers: self.layers,
+            hidden: self.hidden,
+        }
     }
 
-    pub fn hidden(&self) -> usize {
-        self.hidden
-    }
-
-    /// The `[n, layers, hidden]` vectors of one pooling.
-    pub fn into_data(self) -> Vec<(Pool, Vec<f32>)> {
-        self.pools.into_iter().zip(self.data).collect()
+    /// Subtracts each layer's mean over the texts: cosine similarity then compares
+    /// how texts differ rather than the direction they all share, which in some
+    /// models' middle layers is nearly everything.
+    pub fn centered(&self) -> Pooled {
+        let width = self.layers * self.hidden;
+        let mut mean = vec![0f64; width];
+        for row in self.data.chunks(width) {
+            mean.iter_mut().zip(row).for_each(|(m, &x)| *m += x as f64);
+        }
+        let n = self.n.max(1) as f64;
+        let mean: Vec<f32> = mean.iter().map(|m| (m / n) as f32).collect();
+        let mut data = self.data.clone();
+        for row in data.chunks_mut(width) {
+            row.iter_mut().zip(&mean).for_each(|(x, m)| *x -= m);
+        }
+        Pooled { data, ..*self }
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 
-use crate::capture::{self, BatchPlan, Pool, PooledCapture};
+use crate::capture::{self, BatchPlan, Pool, Pooled, PooledCapture};
 use crate::loader::LoadedModel;
 use crate::models::Intervention;
 use crate::output::write_atomic;
@@ -56,13 +56,10 @@ pub fn encode(model: &LoadedModel, texts: &[String], enc: Encoding) -> Result<En
     Ok(Encoded { seqs, truncated })
 }
 
-/// Pooled embeddings `[n, layers, hidden]` with run statistics.
+/// Pooled embeddings with run statistics.
 pub struct Embeddings {
     pub pool: Pool,
-    pub data: Vec<f32>,
-    pub n: usize,
-    pub layers: usize,
-    pub hidden: usize,
+    pub pooled: Pooled,
     pub tokens: usize,
     pub truncated: usize,
     pub seconds: f64,
@@ -92,18 +89,14 @@ pub fn embed_texts(
         &mut cap,
         progress,
     )?;
-    let (layers, hidden) = (cap.layers(), cap.hidden());
-    let (_, data) = cap
-        .into_data()
+    let (_, pooled) = cap
+        .into_pooled()
         .into_iter()
         .next()
         .context("no pooled output")?;
     Ok(Embeddings {
         pool,
-        data,
-        n: texts.len(),
-        layers,
-        hidden,
+        pooled,
         tokens,
         truncated: encoded.truncated,
         seconds: start.elapsed().as_secs_f64(),
@@ -114,8 +107,8 @@ impl Embeddings {
     /// Writes tensor `embeddings` `[n, layers, hidden]` f32, with the settings as
     /// safetensors metadata, atomically.
     pub fn save(self, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
-        let shape = (self.n, self.layers, self.hidden);
-        let tensor = Tensor::from_vec(self.data, shape, &Device::Cpu)?;
+        let p = self.pooled;
+        let tensor = Tensor::from_vec(p.data, (p.n, p.layers, p.hidden), &Device::Cpu)?;
         let mut metadata = metadata;
         metadata.insert("pool".into(), self.pool.name().into());
         metadata.insert("layout".into(), "[text, layer, hidden]; layer 0 = embeddings, layer L = last block before the final norm".into());

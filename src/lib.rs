@@ -3,9 +3,11 @@
 //! The library holds every piece; the `harness` binary only parses arguments.
 
 pub mod assets;
+pub mod cache;
 pub mod capture;
 pub mod datasets;
 pub mod embed;
+pub mod eval;
 pub mod hub;
 pub mod loader;
 pub mod metrics;
@@ -14,4 +16,7 @@ pub mod output;
 pub mod probe;
 pub mod progress;
 pub mod report;
+pub mod sampling;
+pub mod scores;
+pub mod tasks;
 pub mod tokenizer;

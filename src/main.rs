@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use harness::capture::{BatchPlan, Pool};
 use harness::embed::{self, Encoding};
+use harness::eval::EvalOptions;
 use harness::models::Intervention;
 use harness::progress::Progress;
 use harness::tokenizer::BosPolicy;
@@ -40,6 +41,49 @@ enum Command {
     },
     /// Pooled embeddings of every text at every layer, written as safetensors.
     Embed(EmbedArgs),
+    /// Score tasks at every layer and report where each peaks.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Task names (see --list) or paths to task TOML files; repeat or separate with commas.
+    #[arg(long, value_delimiter = ',', required_unless_present = "list")]
+    task: Vec<String>,
+    #[arg(long, required_unless_present = "list")]
+    model: Option<String>,
+    /// At most this many examples per task (a seeded subset).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Seed of subsets, folds and bootstrap resamples.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Pooling for every embedding task (default: each task's own).
+    #[arg(long)]
+    pool: Option<Pool>,
+    /// Centre embeddings (subtract each layer's mean) before cosine similarity.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    center: Option<bool>,
+    /// Cross-validation folds for probes (default: each task's own, else 5).
+    #[arg(long)]
+    folds: Option<usize>,
+    /// Bootstrap resamples for confidence intervals.
+    #[arg(long, default_value_t = 1000)]
+    resamples: usize,
+    /// Zero the MLP output at position 0 in these blocks (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    ablate: Vec<usize>,
+    /// Recompute embeddings instead of reading the cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Results directory: writes DIR/<model>/<task>.json.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// List the shipped tasks and exit.
+    #[arg(long)]
+    list: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args)]
@@ -143,9 +187,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             eprintln!(
                 "embedded {} texts ({} tokens) at {} layers in {:.1}s ({:.0} tokens/s), pool {}",
-                out.n,
+                out.pooled.n,
                 out.tokens,
-                out.layers,
+                out.pooled.layers,
                 out.seconds,
                 out.tokens as f64 / out.seconds,
                 out.pool
@@ -157,6 +201,53 @@ fn run(cli: Cli) -> Result<()> {
             ]);
             out.save(&args.out, metadata)?;
         }
+        Command::Eval(args) => eval(args, cli.quiet)?,
+    }
+    Ok(())
+}
+
+fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
+    if args.list {
+        for name in harness::tasks::shipped_names() {
+            let task = harness::tasks::describe(name)?;
+            println!(
+                "{name:<16} {:<15} {}",
+                format!("{:?}", task.kind).to_lowercase(),
+                task.description
+            );
+        }
+        return Ok(());
+    }
+    // Tasks and their data first: a bad task file fails before the model loads.
+    let tasks = args
+        .task
+        .iter()
+        .map(|t| harness::tasks::load(t))
+        .collect::<Result<Vec<_>>>()?;
+    let model = harness::loader::load(args.model.as_deref().unwrap_or_default())?;
+    let opts = EvalOptions {
+        limit: args.limit,
+        seed: args.seed,
+        pool: args.pool,
+        center: args.center,
+        encoding: args.run.encoding(),
+        plan: args.run.plan(),
+        intervention: Intervention {
+            ablate_first_mlp: args.ablate.clone(),
+        },
+        use_cache: !args.no_cache,
+        resamples: args.resamples,
+        folds: args.folds,
+        quiet,
+    };
+    let results = harness::eval::evaluate(&model, &tasks, &opts)?;
+    for result in &results {
+        let path = harness::eval::write_result(&args.out, result)?;
+        print!("{}", harness::report::eval_table(result));
+        println!("wrote {}\n", path.display());
+    }
+    if results.len() > 1 {
+        print!("{}", harness::report::eval_summary(&results));
     }
     Ok(())
 }

@@ -49,13 +49,11 @@ use std::fmt;
 
 use anyhow::{bail, ensure, Result};
 use ndarray::{Array2, ArrayView2};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::metrics;
+use crate::sampling;
 
 /// Settings of [`evaluate`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -238,13 +236,13 @@ pub fn stratified_folds(labels: &[usize], k: usize, seed: u64) -> Vec<Vec<usize>
     for (i, &label) in labels.iter().enumerate() {
         members[label].push(i);
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut state = seed;
     let mut folds = vec![Vec::with_capacity(labels.len() / k + 1); k];
     // Dealing continues across classes, so the folds' total sizes stay balanced too.
     for (position, i) in members
         .into_iter()
         .flat_map(|mut class| {
-            class.shuffle(&mut rng);
+            sampling::shuffle(&mut class, &mut state);
             class
         })
         .enumerate()
@@ -1254,7 +1252,8 @@ mod avx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::Rng;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
 
     fn random(n: usize, d: usize, seed: u64) -> (Array2<f32>, ChaCha8Rng) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

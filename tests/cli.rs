@@ -74,7 +74,7 @@ fn inspect_reports_the_shipped_models() {
     let info = inspect_json(fixture("tiny-gpt_neox").to_str().unwrap());
     assert_eq!(info["architecture"], "gpt_neox");
     assert_eq!(info["format"], "safetensors");
-    assert_eq!(info["weight_types"]["F32"].as_u64().unwrap() > 0, true);
+    assert!(info["weight_types"]["F32"].as_u64().unwrap() > 0);
 }
 
 fn read_embeddings(path: &Path) -> (Vec<usize>, Vec<f32>) {

@@ -204,7 +204,7 @@ impl Transformer {
     /// Logits for residual-stream rows `[n, hidden]` of any layer: the final norm,
     /// then the unembedding (the logit lens when the rows come from a middle layer).
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        let logits = self.final_norm(h)?.matmul(&self.lm_head.t()?)?;
+        let logits = kernels::matmul_t(&self.final_norm(h)?.contiguous()?, &self.lm_head)?;
         Ok(match self.logit_softcap {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,

@@ -1,0 +1,547 @@
+//! `harness eval`: runs tasks on a model and says, layer by layer, how good the
+//! representation is for each task and at which depth it peaks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{CacheKey, EmbeddingCache};
+use crate::capture::{self, BatchPlan, Capture, Pool, Pooled, PooledCapture};
+use crate::embed::{self, Encoding};
+use crate::loader::LoadedModel;
+use crate::metrics;
+use crate::models::Intervention;
+use crate::output::write_bytes_atomic;
+use crate::progress::Progress;
+use crate::scores::Scored;
+use crate::tasks::LoadedTask;
+
+/// The schema of result files.
+pub const SCHEMA: &str = "harness.eval/1";
+
+/// Peaks at or beyond this relative depth are in the paper's Refine phase (late
+/// layers), not the middle.
+pub const LATE_DEPTH: f64 = 0.85;
+
+/// Significance level for "the peak is above the final layer".
+pub const ALPHA: f64 = 0.05;
+
+/// Settings of an evaluation run.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Examples per task (seeded subset); `None` uses the task's default or all.
+    pub limit: Option<usize>,
+    pub seed: u64,
+    /// Pooling for every embedding task, overriding the tasks' own.
+    pub pool: Option<Pool>,
+    /// Centring for cosine tasks, overriding the tasks' own.
+    pub center: Option<bool>,
+    pub encoding: Encoding,
+    pub plan: BatchPlan,
+    pub intervention: Intervention,
+    /// Read and write the embedding cache.
+    pub use_cache: bool,
+    /// Bootstrap resamples for confidence intervals and the peak test.
+    pub resamples: usize,
+    /// Cross-validation folds for probes, overriding the tasks' own.
+    pub folds: Option<usize>,
+    pub quiet: bool,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            limit: None,
+            seed: 0,
+            pool: None,
+            center: None,
+            encoding: Encoding {
+                bos: crate::tokenizer::BosPolicy::Auto,
+                truncate: false,
+            },
+            plan: BatchPlan::default(),
+            intervention: Intervention::default(),
+            use_cache: true,
+            resamples: 1000,
+            folds: None,
+            quiet: false,
+        }
+    }
+}
+
+/// What tasks may use while they run: the model, cached embeddings and forward passes.
+pub struct Env<'a> {
+    pub model: &'a LoadedModel,
+    pub opts: &'a EvalOptions,
+    cache: Option<EmbeddingCache>,
+    fingerprint: String,
+    memo: HashMap<String, Arc<Pooled>>,
+    /// Seconds spent in forward passes.
+    pub forward_seconds: f64,
+    /// Tokens run through the model.
+    pub tokens: usize,
+    /// Embedding sets served from the cache.
+    pub cache_hits: usize,
+}
+
+impl<'a> Env<'a> {
+    pub fn new(model: &'a LoadedModel, opts: &'a EvalOptions) -> Result<Self> {
+        Ok(Self {
+            model,
+            opts,
+            cache: if opts.use_cache {
+                Some(EmbeddingCache::open()?)
+            } else {
+                None
+            },
+            fingerprint: model.source.fingerprint()?,
+            memo: HashMap::new(),
+            forward_seconds: 0.0,
+            tokens: 0,
+            cache_hits: 0,
+        })
+    }
+
+    fn key(&self, texts: &[String], pool: Pool) -> String {
+        CacheKey {
+            model: &self.fingerprint,
+            pool,
+            bos: self.opts.encoding.bos.to_string(),
+            truncate: self.opts.encoding.truncate,
+            ablate: &self.opts.intervention.ablate_first_mlp,
+            texts,
+        }
+        .digest()
+    }
+
+    /// Makes sure every request is embedded, running one shared forward pass over
+    /// the union of the texts that are not cached yet.
+    pub fn prefetch(&mut self, requests: &[(Vec<String>, Pool)]) -> Result<()> {
+        let mut missing: Vec<(String, &[String], Pool)> = Vec::new();
+        for (texts, pool) in requests {
+            let key = self.key(texts, *pool);
+            if self.memo.contains_key(&key) || missing.iter().any(|(k, _, _)| *k == key) {
+                continue;
+            }
+            if let Some(hit) = self.cache.as_ref().and_then(|c| c.load(&key, texts.len())) {
+                self.cache_hits += 1;
+                self.memo.insert(key, Arc::new(hit));
+            } else {
+                missing.push((key, texts, *pool));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut union: Vec<String> = Vec::new();
+        let mut pools: Vec<Pool> = Vec::new();
+        for (_, texts, pool) in &missing {
+            for t in texts.iter() {
+                if !index.contains_key(t.as_str()) {
+                    index.insert(t, union.len());
+                    union.push(t.clone());
+                }
+            }
+            if !pools.contains(pool) {
+                pools.push(*pool);
+            }
+        }
+        let cfg = &self.model.model.config;
+        let mut cap = PooledCapture::new(&pools, union.len(), cfg.num_layers, cfg.hidden_size);
+        let seqs = self.encode(&union)?;
+        self.run_capture(&seqs, &mut cap, "embed")?;
+        let pooled: HashMap<Pool, Pooled> = cap.into_pooled().into_iter().collect();
+        for (key, texts, pool) in missing {
+            let rows: Vec<usize> = texts.iter().map(|t| index[t.as_str()]).collect();
+            let selected = pooled[&pool].select(&rows);
+            if let Some(cache) = &self.cache {
+                cache.store(&key, &selected)?;
+            }
+            self.memo.insert(key, Arc::new(selected));
+        }
+        Ok(())
+    }
+
+    /// Pooled embeddings `[texts, layers, hidden]` of `texts`.
+    pub fn embeddings(&mut self, texts: &[String], pool: Pool) -> Result<Arc<Pooled>> {
+        let key = self.key(texts, pool);
+        if !self.memo.contains_key(&key) {
+            self.prefetch(&[(texts.to_vec(), pool)])?;
+        }
+        Ok(self.memo[&key].clone())
+    }
+
+    /// Tokenizes with the run's BOS policy, refusing or cutting over-long texts.
+    pub fn encode(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+        Ok(embed::encode(self.model, texts, self.opts.encoding)?.seqs)
+    }
+
+    /// Runs a forward pass over `seqs` with the run's batching and intervention.
+    pub fn run_capture(
+        &mut self,
+        seqs: &[Vec<u32>],
+        capture: &mut dyn Capture,
+        label: &str,
+    ) -> Result<()> {
+        let start = Instant::now();
+        let progress = Progress::new(label, "tokens", self.opts.quiet);
+        capture::run(
+            &self.model.model,
+            seqs,
+            self.model.tokenizer.pad_id(),
+            self.opts.plan,
+            &self.opts.intervention,
+            capture,
+            &progress,
+        )?;
+        self.forward_seconds += start.elapsed().as_secs_f64();
+        self.tokens += seqs.iter().map(Vec::len).sum::<usize>();
+        Ok(())
+    }
+}
+
+/// One layer's score.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerScore {
+    pub layer: usize,
+    pub relative_depth: f64,
+    pub score: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// Other metrics on all items.
+    #[serde(flatten)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// A notable layer (the peak, or the last layer).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Point {
+    pub layer: usize,
+    pub relative_depth: f64,
+    pub score: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+/// The peak against the last layer on the same items.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    /// How much better the peak is (in the metric's own units, positive = better).
+    pub gain: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// One-sided: the chance of a gain this large if the peak were no better.
+    pub p_value: f64,
+    pub significant: bool,
+}
+
+/// Whether this task behaves as the paper predicts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prediction {
+    /// "intermediate" for embedding tasks, "full depth" for generation.
+    pub expected: String,
+    pub holds: bool,
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelSummary {
+    pub name: String,
+    pub architecture: String,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskSummary {
+    pub name: String,
+    pub kind: crate::tasks::Kind,
+    pub metric: String,
+    pub higher_is_better: bool,
+    pub description: String,
+    pub license: String,
+    /// Where the data came from.
+    pub source: String,
+    /// What the bootstrap resamples, and how many there are.
+    pub items: String,
+    pub n_items: usize,
+    /// Pooling of embedding tasks (`null` for generation).
+    pub pool: Option<Pool>,
+    /// Whether embeddings were centred before cosine similarity.
+    pub center: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub seed: u64,
+    pub limit: Option<usize>,
+    pub bos: String,
+    pub truncate: bool,
+    /// Blocks whose MLP output at position 0 was dropped.
+    pub ablate: Vec<usize>,
+    pub resamples: usize,
+    pub confidence_interval: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Timings {
+    /// The forward pass shared by all embedding tasks of the run.
+    pub shared_forward_s: f64,
+    /// This task's own forward passes (the logit lens).
+    pub forward_s: f64,
+    pub score_s: f64,
+    pub total_s: f64,
+    pub tokens: usize,
+    pub cache_hits: usize,
+}
+
+/// A `harness.eval/1` result file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub schema: String,
+    pub model: ModelSummary,
+    pub task: TaskSummary,
+    pub settings: Settings,
+    pub layers: Vec<LayerScore>,
+    pub peak: Point,
+    #[serde(rename = "final")]
+    pub last: Point,
+    pub peak_vs_final: Comparison,
+    pub prediction: Prediction,
+    /// Task-specific facts: class counts, corpus size, tokens scored...
+    pub info: BTreeMap<String, serde_json::Value>,
+    pub version: String,
+    pub timings: Timings,
+    /// When the run finished (UTC, ISO 8601).
+    pub created: String,
+}
+
+/// Runs every task on `model`, sharing one forward pass over texts that several
+/// tasks embed.
+pub fn evaluate(
+    model: &LoadedModel,
+    tasks: &[LoadedTask],
+    opts: &EvalOptions,
+) -> Result<Vec<EvalResult>> {
+    let start = Instant::now();
+    let mut env = Env::new(model, opts)?;
+    let mut requests = Vec::new();
+    for t in tasks {
+        requests.extend(t.embedding_requests(opts)?);
+    }
+    env.prefetch(&requests)?;
+    // The shared pass serves every embedding task; each result records it.
+    let shared_forward_s = env.forward_seconds;
+    let mut results = Vec::new();
+    for task in tasks {
+        let task_start = Instant::now();
+        let forward_before = env.forward_seconds;
+        let scored = task.run(&mut env)?;
+        let forward_s = env.forward_seconds - forward_before;
+        let score_s = task_start.elapsed().as_secs_f64() - forward_s;
+        let timings = Timings {
+            shared_forward_s,
+            forward_s,
+            score_s,
+            total_s: start.elapsed().as_secs_f64(),
+            tokens: env.tokens,
+            cache_hits: env.cache_hits,
+        };
+        results.push(summarize(model, task, scored, opts, timings)?);
+    }
+    Ok(results)
+}
+
+/// Turns per-layer statistics into scores with intervals, the peak and the verdict.
+fn summarize(
+    model: &LoadedModel,
+    task: &LoadedTask,
+    scored: Scored,
+    opts: &EvalOptions,
+    timings: Timings,
+) -> Result<EvalResult> {
+    let main = scored.main.as_ref();
+    let (layers, n) = (main.layers(), main.items());
+    if n == 0 {
+        bail!("task {} has no items to score", task.spec.name);
+    }
+    let depth = |l: usize| l as f64 / (layers - 1).max(1) as f64;
+    let all: Vec<usize> = (0..n).collect();
+    let mut scores = Vec::with_capacity(layers);
+    for l in 0..layers {
+        let (ci_low, ci_high) =
+            metrics::bootstrap_ci(n, opts.resamples, opts.seed, |idx| main.value(l, idx));
+        scores.push(LayerScore {
+            layer: l,
+            relative_depth: depth(l),
+            score: main.value(l, &all),
+            ci_low,
+            ci_high,
+            metrics: scored.extra.get(l).cloned().unwrap_or_default(),
+        });
+    }
+    let better = |a: f64, b: f64| {
+        if scored.metric.higher_is_better {
+            a > b
+        } else {
+            a < b
+        }
+    };
+    let peak = (0..layers).fold(0, |best, l| {
+        if better(scores[l].score, scores[best].score) {
+            l
+        } else {
+            best
+        }
+    });
+    let last = layers - 1;
+    let point = |l: usize| Point {
+        layer: l,
+        relative_depth: depth(l),
+        score: scores[l].score,
+        ci_low: scores[l].ci_low,
+        ci_high: scores[l].ci_high,
+    };
+    let (peak_point, last_point) = (point(peak), point(last));
+    let sign = if scored.metric.higher_is_better {
+        1.0
+    } else {
+        -1.0
+    };
+    let cmp = metrics::paired_bootstrap(
+        n,
+        opts.resamples,
+        opts.seed,
+        |idx| sign * main.value(peak, idx),
+        |idx| sign * main.value(last, idx),
+    );
+    let significant = peak != last && cmp.p_value < ALPHA;
+    let prediction = if task.spec.kind.is_embedding() {
+        Prediction {
+            expected: "intermediate".into(),
+            holds: peak > 0 && depth(peak) < LATE_DEPTH && significant,
+            rule: format!(
+                "peak strictly inside (0, {LATE_DEPTH}) of the depth and significantly above the last layer (paired bootstrap, p < {ALPHA})"
+            ),
+        }
+    } else {
+        Prediction {
+            expected: "full depth".into(),
+            holds: depth(peak) >= LATE_DEPTH || !significant,
+            rule: format!(
+                "peak at relative depth >= {LATE_DEPTH}, or no layer significantly better than the last (paired bootstrap, p < {ALPHA})"
+            ),
+        }
+    };
+    let cfg = &model.model.config;
+    let pool = task.spec.kind.is_embedding().then(|| task.pool(opts.pool));
+    let center = task.is_cosine().then(|| task.center(opts.center));
+    Ok(EvalResult {
+        schema: SCHEMA.into(),
+        model: ModelSummary {
+            name: model.source.name.clone(),
+            architecture: cfg.architecture.clone(),
+            num_layers: cfg.num_layers,
+            hidden_size: cfg.hidden_size,
+            fingerprint: model.source.fingerprint()?,
+        },
+        task: TaskSummary {
+            name: task.spec.name.clone(),
+            kind: task.spec.kind,
+            metric: scored.metric.name.into(),
+            higher_is_better: scored.metric.higher_is_better,
+            description: task.spec.description.clone(),
+            license: task.spec.license.clone(),
+            source: task.spec.data.source.clone(),
+            items: scored.items.into(),
+            n_items: n,
+            pool,
+            center,
+        },
+        settings: Settings {
+            seed: opts.seed,
+            limit: task.limit(opts.limit),
+            bos: opts.encoding.bos.to_string(),
+            truncate: opts.encoding.truncate,
+            ablate: opts.intervention.ablate_first_mlp.clone(),
+            resamples: opts.resamples,
+            confidence_interval: format!(
+                "95% percentile bootstrap over {}, {} resamples",
+                scored.items, opts.resamples
+            ),
+        },
+        layers: scores,
+        peak: peak_point,
+        last: last_point,
+        peak_vs_final: Comparison {
+            gain: cmp.diff,
+            ci_low: cmp.ci_low,
+            ci_high: cmp.ci_high,
+            p_value: cmp.p_value,
+            significant,
+        },
+        prediction,
+        info: scored.info,
+        version: env!("CARGO_PKG_VERSION").into(),
+        timings,
+        created: now_utc(),
+    })
+}
+
+/// Where a result goes: `DIR/<model>/<task>.json`.
+pub fn result_path(dir: &Path, result: &EvalResult) -> PathBuf {
+    dir.join(file_safe(&result.model.name))
+        .join(format!("{}.json", file_safe(&result.task.name)))
+}
+
+/// Writes a result file atomically.
+pub fn write_result(dir: &Path, result: &EvalResult) -> Result<PathBuf> {
+    let path = result_path(dir, result);
+    let json = serde_json::to_string_pretty(result).context("serialising the result")?;
+    write_bytes_atomic(&path, format!("{json}\n").as_bytes())?;
+    Ok(path)
+}
+
+/// A name safe as one path component.
+pub fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The current time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn now_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), valid for the Gregorian calendar.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

@@ -1,0 +1,120 @@
+//! Per-layer scores as statistics of items (examples, queries, pairs, documents),
+//! so that every task gets confidence intervals and a peak-versus-final comparison
+//! the same way: by resampling its items.
+
+use std::collections::BTreeMap;
+
+/// A task's main score at each layer as a function of which items are counted.
+pub trait ItemStatistic: Sync {
+    /// Number of items (what the bootstrap resamples).
+    fn items(&self) -> usize;
+    /// Number of layers scored.
+    fn layers(&self) -> usize;
+    /// The score at `layer` over `items` (indices, with repeats when resampled).
+    fn value(&self, layer: usize, items: &[usize]) -> f64;
+}
+
+/// The mean of a per-item value: accuracy from 0/1 correctness, nDCG over queries.
+pub struct MeanOfItems {
+    /// `[layer][item]`.
+    pub values: Vec<Vec<f64>>,
+}
+
+impl ItemStatistic for MeanOfItems {
+    fn items(&self) -> usize {
+        self.values.first().map_or(0, Vec::len)
+    }
+    fn layers(&self) -> usize {
+        self.values.len()
+    }
+    fn value(&self, layer: usize, items: &[usize]) -> f64 {
+        let v = &self.values[layer];
+        items.iter().map(|&i| v[i]).sum::<f64>() / items.len().max(1) as f64
+    }
+}
+
+/// Spearman correlation between per-pair predictions and human scores.
+pub struct SpearmanOfItems {
+    /// `[layer][pair]`.
+    pub predicted: Vec<Vec<f64>>,
+    pub gold: Vec<f64>,
+}
+
+impl ItemStatistic for SpearmanOfItems {
+    fn items(&self) -> usize {
+        self.gold.len()
+    }
+    fn layers(&self) -> usize {
+        self.predicted.len()
+    }
+    fn value(&self, layer: usize, items: &[usize]) -> f64 {
+        let p: Vec<f64> = items.iter().map(|&i| self.predicted[layer][i]).collect();
+        let g: Vec<f64> = items.iter().map(|&i| self.gold[i]).collect();
+        crate::metrics::spearman(&p, &g)
+    }
+}
+
+/// Perplexity over documents: exp(total negative log-likelihood / total tokens).
+pub struct PerplexityOfItems {
+    /// `[layer][document]` summed negative log-likelihood in nats.
+    pub nll: Vec<Vec<f64>>,
+    /// Tokens predicted per document.
+    pub tokens: Vec<f64>,
+}
+
+impl ItemStatistic for PerplexityOfItems {
+    fn items(&self) -> usize {
+        self.tokens.len()
+    }
+    fn layers(&self) -> usize {
+        self.nll.len()
+    }
+    fn value(&self, layer: usize, items: &[usize]) -> f64 {
+        let nll: f64 = items.iter().map(|&i| self.nll[layer][i]).sum();
+        let tokens: f64 = items.iter().map(|&i| self.tokens[i]).sum();
+        (nll / tokens.max(1.0)).exp()
+    }
+}
+
+/// The name of a task's main score and which way is better.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub higher_is_better: bool,
+}
+
+/// What a task produced: its main statistic, other metrics per layer, and facts
+/// about the run worth recording (class counts, corpus size, pooling...).
+pub struct Scored {
+    pub metric: Metric,
+    /// What the items are ("examples", "queries", "pairs", "documents").
+    pub items: &'static str,
+    pub main: Box<dyn ItemStatistic>,
+    /// `[layer]` -> other metrics on all items.
+    pub extra: Vec<BTreeMap<String, f64>>,
+    pub info: BTreeMap<String, serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_follow_the_items_given() {
+        let m = MeanOfItems {
+            values: vec![vec![1.0, 0.0, 1.0, 1.0]],
+        };
+        assert_eq!(m.value(0, &[0, 1, 2, 3]), 0.75);
+        assert_eq!(m.value(0, &[1, 1]), 0.0);
+        let p = PerplexityOfItems {
+            nll: vec![vec![2.0, 4.0]],
+            tokens: vec![1.0, 3.0],
+        };
+        assert!((p.value(0, &[0, 1]) - (6.0f64 / 4.0).exp()).abs() < 1e-12);
+        let s = SpearmanOfItems {
+            predicted: vec![vec![0.1, 0.5, 0.3]],
+            gold: vec![1.0, 3.0, 2.0],
+        };
+        assert!((s.value(0, &[0, 1, 2]) - 1.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,421 @@
+//! Generation through the logit lens: the final norm and the unembedding applied to
+//! every layer's residual stream. Language modelling scores next-token perplexity
+//! and top-1 accuracy over held-out text; multiple choice picks the option with the
+//! highest log-probability.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::LoadedTask;
+use crate::capture::{with_f32, Batch, Capture};
+use crate::eval::Env;
+use crate::models::Transformer;
+use crate::sampling::subset;
+use crate::scores::{MeanOfItems, Metric, PerplexityOfItems, Scored};
+
+/// `[generation]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, tag = "mode", rename_all = "kebab-case")]
+pub enum GenerationSpec {
+    /// Next-token prediction over documents.
+    LanguageModel {
+        /// Column holding the text.
+        text: String,
+        /// Tokens scored per document (longer documents are cut).
+        #[serde(default = "default_window")]
+        max_tokens: usize,
+    },
+    /// Pick one of fixed answer strings after a prompt.
+    Choice {
+        /// The prompt, with `{column}` placeholders filled from each row.
+        prompt: String,
+        /// The options, appended to the prompt as written (mind the leading space).
+        choices: Vec<String>,
+        /// Column holding the right answer.
+        answer: String,
+        /// Answer value (as text) -> one of `choices`; without it the column must
+        /// hold the choice itself.
+        answer_map: Option<BTreeMap<String, String>>,
+    },
+}
+
+fn default_window() -> usize {
+    256
+}
+
+/// Read the log-probabilities of `targets` at `position` of sequence `seq`.
+struct LensQuery {
+    position: usize,
+    targets: Vec<u32>,
+}
+
+/// What the lens read at one query and layer.
+#[derive(Clone, Default)]
+struct LensReading {
+    logprobs: Vec<f32>,
+    /// Whether the first target is the most likely token.
+    top1: bool,
+}
+
+/// Applies the logit lens at the query positions of every layer as the pass goes,
+/// keeping only the log-probabilities asked for.
+struct LensCapture<'m> {
+    model: &'m Transformer,
+    /// Per sequence, its queries (indices into `readings`' second axis).
+    queries: Vec<Vec<(usize, LensQuery)>>,
+    /// `[layer][query]`.
+    readings: Vec<Vec<LensReading>>,
+}
+
+/// Rows unembedded at once: bounds the `[rows, vocab]` logits held in memory.
+const LENS_CHUNK: usize = 128;
+
+impl Capture for LensCapture<'_> {
+    fn depth(&self) -> usize {
+        self.readings.len() - 1
+    }
+
+    fn on_resid(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()> {
+        let (b, t, d) = resid.dims3()?;
+        let mut rows = Vec::new();
+        let mut asked: Vec<(usize, &LensQuery)> = Vec::new();
+        for (row, &seq) in batch.index.iter().enumerate() {
+            for (q, query) in &self.queries[seq] {
+                rows.push((row * t + query.position) as u32);
+                asked.push((*q, query));
+            }
+        }
+        let flat = resid.reshape((b * t, d))?;
+        for (chunk_rows, chunk_asked) in rows.chunks(LENS_CHUNK).zip(asked.chunks(LENS_CHUNK)) {
+            let idx = Tensor::from_slice(chunk_rows, chunk_rows.len(), &Device::Cpu)?;
+            let logits = self.model.logits(&flat.index_select(&idx, 0)?)?;
+            let vocab = logits.dim(1)?;
+            let readings: Vec<LensReading> = with_f32(&logits, |data| {
+                data.par_chunks(vocab)
+                    .zip(chunk_asked.par_iter())
+                    .map(|(row, (_, query))| read(row, &query.targets))
+                    .collect()
+            })?;
+            for ((q, _), reading) in chunk_asked.iter().zip(readings) {
+                self.readings[layer][*q] = reading;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Log-softmax at the targets, and whether the first target is the argmax.
+fn read(logits: &[f32], targets: &[u32]) -> LensReading {
+    let (mut best, mut max) = (0usize, f32::NEG_INFINITY);
+    for (i, &x) in logits.iter().enumerate() {
+        if x > max {
+            max = x;
+            best = i;
+        }
+    }
+    let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    LensReading {
+        logprobs: targets.iter().map(|&t| logits[t as usize] - lse).collect(),
+        top1: targets.first().is_some_and(|&t| t as usize == best),
+    }
+}
+
+/// Runs the lens over `seqs`, returning readings `[layer][query]`.
+fn lens(
+    env: &mut Env,
+    seqs: &[Vec<u32>],
+    queries: Vec<Vec<(usize, LensQuery)>>,
+    total: usize,
+) -> Result<Vec<Vec<LensReading>>> {
+    let layers = env.model.model.num_layers() + 1;
+    let mut cap = LensCapture {
+        model: &env.model.model,
+        queries,
+        readings: vec![vec![LensReading::default(); total]; layers],
+    };
+    env.run_capture(seqs, &mut cap, "lens")?;
+    Ok(cap.readings)
+}
+
+pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
+    match task
+        .spec
+        .generation
+        .as_ref()
+        .expect("checked at parse time")
+    {
+        GenerationSpec::LanguageModel { text, max_tokens } => {
+            language_model(task, env, text, *max_tokens)
+        }
+        GenerationSpec::Choice {
+            prompt,
+            choices,
+            answer,
+            answer_map,
+        } => choice(task, env, prompt, choices, answer, answer_map.as_ref()),
+    }
+}
+
+fn language_model(task: &LoadedTask, env: &mut Env, column: &str, window: usize) -> Result<Scored> {
+    let table = &task.table;
+    table.require(column)?;
+    if window < 2 {
+        bail!("max_tokens must be at least 2");
+    }
+    let rows = subset(table.len(), task.limit(env.opts.limit), env.opts.seed);
+    let texts: Vec<String> = rows
+        .iter()
+        .map(|&r| table.text(r, column))
+        .collect::<Result<_>>()?;
+    let seqs: Vec<Vec<u32>> = env
+        .model
+        .tokenizer
+        .encode_batch(&texts, env.opts.encoding.bos)?
+        .into_iter()
+        .map(|mut s| {
+            s.truncate(window.min(env.model.model.config.context_length));
+            s
+        })
+        .filter(|s| s.len() >= 2)
+        .collect();
+    if seqs.is_empty() {
+        bail!("{}: no document has two or more tokens", table.origin);
+    }
+    let mut total = 0;
+    let queries: Vec<Vec<(usize, LensQuery)>> = seqs
+        .iter()
+        .map(|s| {
+            (0..s.len() - 1)
+                .map(|p| {
+                    total += 1;
+                    (
+                        total - 1,
+                        LensQuery {
+                            position: p,
+                            targets: vec![s[p + 1]],
+                        },
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let tokens: Vec<f64> = seqs.iter().map(|s| (s.len() - 1) as f64).collect();
+    let spans: Vec<(usize, usize)> = queries.iter().map(|q| (q[0].0, q[0].0 + q.len())).collect();
+    let readings = lens(env, &seqs, queries, total)?;
+    let mut nll = Vec::with_capacity(readings.len());
+    let mut extra = Vec::with_capacity(readings.len());
+    for layer in &readings {
+        let doc_nll: Vec<f64> = spans
+            .iter()
+            .map(|&(a, b)| layer[a..b].iter().map(|r| -(r.logprobs[0] as f64)).sum())
+            .collect();
+        let top1 = layer.iter().filter(|r| r.top1).count() as f64 / total as f64;
+        let mean_nll = doc_nll.iter().sum::<f64>() / total as f64;
+        extra.push(BTreeMap::from([
+            ("top1_accuracy".to_string(), top1),
+            ("cross_entropy".to_string(), mean_nll),
+        ]));
+        nll.push(doc_nll);
+    }
+    let info = BTreeMap::from([
+        ("documents".to_string(), serde_json::json!(seqs.len())),
+        ("tokens_scored".to_string(), serde_json::json!(total)),
+        ("max_tokens".to_string(), serde_json::json!(window)),
+        (
+            "lens".to_string(),
+            serde_json::json!("final norm + unembedding applied to each layer"),
+        ),
+    ]);
+    Ok(Scored {
+        metric: Metric {
+            name: "perplexity",
+            higher_is_better: false,
+        },
+        items: "documents",
+        main: Box::new(PerplexityOfItems { nll, tokens }),
+        extra,
+        info,
+    })
+}
+
+/// Fills `{column}` placeholders from a row.
+fn render(template: &str, task: &LoadedTask, row: usize) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            bail!("prompt template has an unclosed '{{'");
+        };
+        out.push_str(&rest[..open]);
+        let column = &rest[open + 1..open + close];
+        task.table.require(column)?;
+        out.push_str(&task.table.text(row, column)?);
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn choice(
+    task: &LoadedTask,
+    env: &mut Env,
+    prompt: &str,
+    choices: &[String],
+    answer: &str,
+    answer_map: Option<&BTreeMap<String, String>>,
+) -> Result<Scored> {
+    let table = &task.table;
+    table.require(answer)?;
+    if choices.len() < 2 {
+        bail!("a choice task needs at least two choices");
+    }
+    let rows = subset(table.len(), task.limit(env.opts.limit), env.opts.seed);
+    let tok = &env.model.tokenizer;
+    let bos = env.opts.encoding.bos;
+    let mut seqs: Vec<Vec<u32>> = Vec::new();
+    let mut queries: Vec<Vec<(usize, LensQuery)>> = Vec::new();
+    // Per example, per choice: the query indices whose log-probabilities add up.
+    let mut parts: Vec<Vec<Vec<usize>>> = Vec::new();
+    let mut answers = Vec::new();
+    let mut total = 0;
+    for &row in &rows {
+        let value = table.text(row, answer)?;
+        let wanted = match answer_map {
+            Some(map) => map.get(&value).cloned().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} row {}: answer '{value}' is not in answer_map",
+                    table.origin,
+                    row + 1
+                )
+            })?,
+            None => value,
+        };
+        let Some(right) = choices.iter().position(|c| *c == wanted) else {
+            bail!(
+                "{} row {}: answer '{wanted}' is not one of the choices",
+                table.origin,
+                row + 1
+            );
+        };
+        answers.push(right);
+        let text = render(prompt, task, row)?;
+        let head = tok.encode(&text, bos)?;
+        let mut conts = Vec::new();
+        for c in choices {
+            let full = tok.encode(&format!("{text}{c}"), bos)?;
+            if full.len() <= head.len() || full[..head.len()] != head[..] {
+                bail!(
+                    "choice {c:?} does not tokenize as a continuation of the prompt; start the choices with a space and end the prompt without one"
+                );
+            }
+            conts.push(full[head.len()..].to_vec());
+        }
+        let context = env.model.model.config.context_length;
+        if head.len() + conts.iter().map(Vec::len).max().unwrap_or(0) > context {
+            bail!(
+                "{} row {}: the prompt is longer than the model's context of {context}",
+                table.origin,
+                row + 1
+            );
+        }
+        let mut example = Vec::new();
+        if conts.iter().all(|c| c.len() == 1) {
+            // One pass reads every option at the prompt's last position.
+            let targets: Vec<u32> = conts.iter().map(|c| c[0]).collect();
+            queries.push(vec![(
+                total,
+                LensQuery {
+                    position: head.len() - 1,
+                    targets,
+                },
+            )]);
+            seqs.push(head);
+            example = (0..choices.len()).map(|_| vec![total]).collect();
+            total += 1;
+            parts.push(example);
+            continue;
+        }
+        for cont in conts {
+            let mut seq = head.clone();
+            seq.extend_from_slice(&cont);
+            let mut qs = Vec::new();
+            let mut ids = Vec::new();
+            for (i, &t) in cont.iter().enumerate() {
+                qs.push((
+                    total,
+                    LensQuery {
+                        position: head.len() + i - 1,
+                        targets: vec![t],
+                    },
+                ));
+                ids.push(total);
+                total += 1;
+            }
+            queries.push(qs);
+            seqs.push(seq);
+            example.push(ids);
+        }
+        parts.push(example);
+    }
+    let readings = lens(env, &seqs, queries, total)?;
+    let mut correct = Vec::with_capacity(readings.len());
+    let mut extra = Vec::with_capacity(readings.len());
+    for layer in &readings {
+        let mut right = Vec::with_capacity(parts.len());
+        let mut margin = 0.0;
+        for (example, &gold) in parts.iter().zip(&answers) {
+            let scores: Vec<f64> = example
+                .iter()
+                .enumerate()
+                .map(|(c, ids)| {
+                    ids.iter()
+                        .map(|&q| {
+                            let r = &layer[q];
+                            // A shared query holds every option's log-probability.
+                            (if r.logprobs.len() > 1 {
+                                r.logprobs[c]
+                            } else {
+                                r.logprobs[0]
+                            }) as f64
+                        })
+                        .sum()
+                })
+                .collect();
+            let best = (0..scores.len()).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
+            let other = scores
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != gold)
+                .map(|(_, &s)| s)
+                .fold(f64::NEG_INFINITY, f64::max);
+            margin += scores[gold] - other;
+            right.push(f64::from(u8::from(best == gold)));
+        }
+        extra.push(BTreeMap::from([(
+            "mean_margin".to_string(),
+            margin / parts.len() as f64,
+        )]));
+        correct.push(right);
+    }
+    let mut counts = vec![0usize; choices.len()];
+    answers.iter().for_each(|&a| counts[a] += 1);
+    let info = BTreeMap::from([
+        ("choices".to_string(), serde_json::json!(choices)),
+        ("answer_counts".to_string(), serde_json::json!(counts)),
+        ("lens".to_string(), serde_json::json!("final norm + unembedding applied to each layer; the option with the highest summed log-probability wins")),
+    ]);
+    Ok(Scored {
+        metric: Metric {
+            name: "accuracy",
+            higher_is_better: true,
+        },
+        items: "examples",
+        main: Box::new(MeanOfItems { values: correct }),
+        extra,
+        info,
+    })
+}

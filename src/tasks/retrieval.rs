@@ -1,0 +1,133 @@
+//! Retrieval: queries and a corpus embedded per layer, ranked by cosine similarity.
+//! Each query's relevant document is the one on its own row (BoolQ: the passage a
+//! question was written about); the corpus is the distinct documents.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use super::LoadedTask;
+use crate::eval::{Env, EvalOptions};
+use crate::metrics;
+use crate::sampling::subset;
+use crate::scores::{MeanOfItems, Metric, Scored};
+
+/// `[retrieval]`: the query and document columns.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrievalSpec {
+    pub query: String,
+    pub document: String,
+}
+
+/// Queries, the corpus, and each query's relevant document.
+pub struct Examples {
+    pub queries: Vec<String>,
+    pub corpus: Vec<String>,
+    pub relevant: Vec<usize>,
+}
+
+/// The seeded subset of queries; the corpus is the distinct documents of those rows.
+pub fn examples(task: &LoadedTask, opts: &EvalOptions) -> Result<Examples> {
+    let (limit, seed) = (task.limit(opts.limit), opts.seed);
+    let spec = task.spec.retrieval.as_ref().expect("checked at parse time");
+    let table = &task.table;
+    table.require(&spec.query)?;
+    table.require(&spec.document)?;
+    let mut queries = Vec::new();
+    let mut corpus: Vec<String> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut relevant = Vec::new();
+    for row in subset(table.len(), limit, seed) {
+        let doc = table.text(row, &spec.document)?;
+        let next = corpus.len();
+        let at = *index.entry(doc.clone()).or_insert(next);
+        if at == next {
+            corpus.push(doc);
+        }
+        queries.push(table.text(row, &spec.query)?);
+        relevant.push(at);
+    }
+    if corpus.len() < 2 {
+        bail!(
+            "{}: retrieval needs at least two distinct documents",
+            table.origin
+        );
+    }
+    Ok(Examples {
+        queries,
+        corpus,
+        relevant,
+    })
+}
+
+impl Examples {
+    /// Queries then documents: embedded as one set so centring uses one mean.
+    pub fn texts(&self) -> Vec<String> {
+        self.queries.iter().chain(&self.corpus).cloned().collect()
+    }
+}
+
+pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
+    let ex = examples(task, env.opts)?;
+    let pool = task.pool(env.opts.pool);
+    let center = task.center(env.opts.center);
+    let pooled = env.embeddings(&ex.texts(), pool)?;
+    let pooled = if center {
+        pooled.centered()
+    } else {
+        (*pooled).clone()
+    };
+    let q = ex.queries.len();
+    let query_rows: Vec<usize> = (0..q).collect();
+    let doc_rows: Vec<usize> = (q..q + ex.corpus.len()).collect();
+    let queries = pooled.select(&query_rows);
+    let docs = pooled.select(&doc_rows);
+    let mut ndcg = Vec::with_capacity(pooled.layers);
+    let mut extra = Vec::with_capacity(pooled.layers);
+    for l in 0..pooled.layers {
+        let ranked = metrics::top_k_cosine(queries.layer(l), docs.layer(l), 10);
+        let per_query = |f: &dyn Fn(&[usize], &[usize]) -> f64| -> Vec<f64> {
+            ranked
+                .iter()
+                .zip(&ex.relevant)
+                .map(|(r, &rel)| f(r, &[rel]))
+                .collect()
+        };
+        let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+        ndcg.push(per_query(&|r, rel| metrics::ndcg_at_k(r, rel, 10)));
+        extra.push(BTreeMap::from([
+            (
+                "mrr_at_10".to_string(),
+                mean(per_query(&|r, rel| metrics::mrr_at_k(r, rel, 10))),
+            ),
+            (
+                "recall_at_1".to_string(),
+                mean(per_query(&|r, rel| metrics::recall_at_k(r, rel, 1))),
+            ),
+            (
+                "recall_at_10".to_string(),
+                mean(per_query(&|r, rel| metrics::recall_at_k(r, rel, 10))),
+            ),
+        ]));
+    }
+    let info = BTreeMap::from([
+        ("queries".to_string(), serde_json::json!(q)),
+        (
+            "corpus_size".to_string(),
+            serde_json::json!(ex.corpus.len()),
+        ),
+        ("similarity".to_string(), serde_json::json!("cosine")),
+    ]);
+    Ok(Scored {
+        metric: Metric {
+            name: "ndcg_at_10",
+            higher_is_better: true,
+        },
+        items: "queries",
+        main: Box::new(MeanOfItems { values: ndcg }),
+        extra,
+        info,
+    })
+}

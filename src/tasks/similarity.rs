@@ -1,0 +1,125 @@
+//! Similarity: pairs of texts with human scores; the cosine of their embeddings at
+//! each layer, scored by Spearman correlation with the human scores.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use super::LoadedTask;
+use crate::eval::{Env, EvalOptions};
+use crate::metrics;
+use crate::sampling::subset;
+use crate::scores::{Metric, Scored, SpearmanOfItems};
+
+/// `[similarity]`: the two text columns and the human score column.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimilaritySpec {
+    pub text_a: String,
+    pub text_b: String,
+    pub score: String,
+}
+
+/// Distinct texts and the pairs that index them.
+pub struct Examples {
+    pub texts: Vec<String>,
+    pub pairs: Vec<(usize, usize)>,
+    pub gold: Vec<f64>,
+}
+
+pub fn examples(task: &LoadedTask, opts: &EvalOptions) -> Result<Examples> {
+    let (limit, seed) = (task.limit(opts.limit), opts.seed);
+    let spec = task
+        .spec
+        .similarity
+        .as_ref()
+        .expect("checked at parse time");
+    let table = &task.table;
+    for c in [&spec.text_a, &spec.text_b, &spec.score] {
+        table.require(c)?;
+    }
+    let mut texts: Vec<String> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut id = |t: String| {
+        let next = index.len();
+        let at = *index.entry(t.clone()).or_insert(next);
+        if at == next {
+            texts.push(t);
+        }
+        at
+    };
+    let mut pairs = Vec::new();
+    let mut gold = Vec::new();
+    for row in subset(table.len(), limit, seed) {
+        let a = id(table.text(row, &spec.text_a)?);
+        let b = id(table.text(row, &spec.text_b)?);
+        pairs.push((a, b));
+        gold.push(table.number(row, &spec.score)?);
+    }
+    if pairs.len() < 3 {
+        bail!("{}: a correlation needs at least three pairs", table.origin);
+    }
+    if gold.iter().all(|&g| g == gold[0]) {
+        bail!(
+            "{}: every pair has the same human score; nothing to correlate with",
+            table.origin
+        );
+    }
+    Ok(Examples { texts, pairs, gold })
+}
+
+pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
+    let ex = examples(task, env.opts)?;
+    let pool = task.pool(env.opts.pool);
+    let pooled = env.embeddings(&ex.texts, pool)?;
+    let pooled = if task.center(env.opts.center) {
+        pooled.centered()
+    } else {
+        (*pooled).clone()
+    };
+    let mut predicted = Vec::with_capacity(pooled.layers);
+    let mut extra = Vec::with_capacity(pooled.layers);
+    for l in 0..pooled.layers {
+        let v = pooled.layer(l);
+        let cos: Vec<f64> = ex
+            .pairs
+            .iter()
+            .map(|&(a, b)| cosine(v.row(a), v.row(b)))
+            .collect();
+        extra.push(BTreeMap::from([(
+            "pearson".to_string(),
+            metrics::pearson(&cos, &ex.gold),
+        )]));
+        predicted.push(cos);
+    }
+    let info = BTreeMap::from([
+        ("pairs".to_string(), serde_json::json!(ex.pairs.len())),
+        ("texts".to_string(), serde_json::json!(ex.texts.len())),
+        ("similarity".to_string(), serde_json::json!("cosine")),
+    ]);
+    Ok(Scored {
+        metric: Metric {
+            name: "spearman",
+            higher_is_better: true,
+        },
+        items: "pairs",
+        main: Box::new(SpearmanOfItems {
+            predicted,
+            gold: ex.gold,
+        }),
+        extra,
+        info,
+    })
+}
+
+fn cosine(a: ndarray::ArrayView1<f32>, b: ndarray::ArrayView1<f32>) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b.iter()) {
+        let (x, y) = (x as f64, y as f64);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    ab / (aa * bb).sqrt().max(f64::MIN_POSITIVE)
+}
