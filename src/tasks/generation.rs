@@ -15,7 +15,7 @@ use crate::capture::{with_f32, Batch, Capture};
 use crate::eval::Env;
 use crate::models::Transformer;
 use crate::sampling::subset;
-use crate::scores::{MeanOfItems, Metric, PerplexityOfItems, Scored};
+use crate::scores::{Metric, PerplexityOfItems, Scored};
 
 /// `[generation]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -408,14 +408,5 @@ fn choice(
         ("answer_counts".to_string(), serde_json::json!(counts)),
         ("lens".to_string(), serde_json::json!("final norm + unembedding applied to each layer; the option with the highest summed log-probability wins")),
     ]);
-    Ok(Scored {
-        metric: Metric {
-            name: "accuracy",
-            higher_is_better: true,
-        },
-        items: "examples",
-        main: Box::new(MeanOfItems { values: correct }),
-        extra,
-        info,
-    })
+    Ok(Scored::accuracy(correct, extra, info))
 }
