@@ -5,6 +5,7 @@
 pub mod assets;
 pub mod capture;
 pub mod datasets;
+pub mod diagnostics;
 pub mod embed;
 pub mod hub;
 pub mod loader;
