@@ -2,6 +2,7 @@
 //!
 //! The library holds every piece; the `harness` binary only parses arguments.
 
+pub mod analyze;
 pub mod assets;
 pub mod capture;
 pub mod datasets;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use harness::analyze::{self, Ablate, AnalyzeOptions};
 use harness::capture::{BatchPlan, Pool};
 use harness::embed::{self, Encoding};
 use harness::models::Intervention;
@@ -40,6 +41,34 @@ enum Command {
     },
     /// Pooled embeddings of every text at every layer, written as safetensors.
     Embed(EmbedArgs),
+    /// Per-layer diagnostics (first-token norm, massive activations, matrix entropy,
+    /// attention sinks, mixing), the Mix/Compress/Refine phases and the first-token
+    /// MLP ablation, written to DIR/<model>/analyze.json.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Args)]
+struct AnalyzeArgs {
+    #[arg(long)]
+    model: String,
+    /// Prompts, one per line (default: Jane Austen paragraphs from $HARNESS_HOME).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Use at most this many prompts (default: every line of --input, or 64 paragraphs).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Cut every prompt to this many tokens, BOS included.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Also run with the MLP output at position 0 zeroed in these blocks: auto (where the
+    /// first-token norm grows most) or block numbers such as 3 or 3,5.
+    #[arg(long)]
+    ablate: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Results go to DIR/<model>/analyze.json.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -153,6 +182,34 @@ fn run(cli: Cli) -> Result<()> {
                 ("input".to_string(), args.input.display().to_string()),
             ]);
             out.save(&args.out, metadata)?;
+        }
+        Command::Analyze(args) => {
+            // Parsed here rather than by clap, so a bad value is one line like every error.
+            let ablate = args
+                .ablate
+                .as_deref()
+                .map(str::parse::<Ablate>)
+                .transpose()?;
+            let (prompts, source) = match &args.input {
+                Some(path) => analyze::file_prompts(path, args.limit)?,
+                None => analyze::austen_prompts(
+                    args.limit.unwrap_or(analyze::DEFAULT_PROMPTS),
+                    args.max_tokens,
+                )?,
+            };
+            let loaded = harness::loader::load(&args.model)?;
+            let opts = AnalyzeOptions {
+                encoding: args.run.encoding(),
+                max_tokens: args.max_tokens,
+                plan: args.run.plan(),
+                ablate,
+                source,
+            };
+            let progress = Progress::new("analyze", "tokens", cli.quiet);
+            let result = analyze::run(&loaded, &prompts, &opts, &progress)?;
+            let path = result.save(&args.out)?;
+            print!("{}", harness::report::analyze_table(&result));
+            eprintln!("wrote {} ({:.1}s)", path.display(), result.settings.seconds);
         }
     }
     Ok(())
