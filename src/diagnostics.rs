@@ -530,7 +530,7 @@ mod tests {
         let mut sorted = want.clone();
         sorted.sort_by(|x, y| y.total_cmp(x));
         for (got, want) in e.iter().zip(&sorted) {
-            assert!((got - want).abs() < 1e-11 * 400.0, "{got} vs {want}");
+            assert!((got - want).abs() < 1e-12 * sorted[0], "{got} vs {want}");
         }
     }
 
