@@ -312,3 +312,67 @@ fn writes_the_schema_and_a_table() {
     assert_eq!(entries.len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--task` takes its prompts from a task's texts, and `eval --ablate auto` removes the
+/// block that `analyze --ablate auto` chooses, writing next to the baseline.
+#[test]
+fn task_prompts_and_the_auto_ablation_in_eval() {
+    let dir = scratch("task");
+    let out = dir.join("results");
+    let out_arg = out.display().to_string();
+    let (ok, _, stderr) = harness(&[
+        "analyze",
+        "--model",
+        "smollm2",
+        "--task",
+        "mr",
+        "--limit",
+        "4",
+        "--max-tokens",
+        "16",
+        "--ablate",
+        "auto",
+        "--out",
+        &out_arg,
+    ]);
+    assert!(ok, "{stderr}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("smollm2/analyze.json")).unwrap())
+            .unwrap();
+    assert!(json["settings"]["prompts_source"]
+        .as_str()
+        .unwrap()
+        .starts_with("task: mr (4 texts"));
+    let (ok, _, stderr) = harness(&[
+        "eval",
+        "--task",
+        "mr",
+        "--model",
+        "smollm2",
+        "--limit",
+        "40",
+        "--folds",
+        "2",
+        "--resamples",
+        "50",
+        "--ablate",
+        "auto",
+        "--no-cache",
+        "--out",
+        &out_arg,
+    ]);
+    assert!(ok, "{stderr}");
+    // The auto block is found on the default prompts; SmolLM2's jump is at block 12.
+    assert!(stderr.contains("block(s) [12]"), "{stderr}");
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("smollm2/mr.ablate-12.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["settings"]["ablate"], serde_json::json!([12]));
+    assert!(!out.join("smollm2/mr.json").exists());
+    let (ok, _, stderr) = harness(&[
+        "analyze", "--model", "smollm2", "--task", "mr", "--input", "x.txt",
+    ]);
+    assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

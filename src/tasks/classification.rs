@@ -61,6 +61,12 @@ pub fn examples(task: &LoadedTask, opts: &EvalOptions) -> Result<(Examples, Vec<
     Ok((ex, rare))
 }
 
+/// The texts of the labelled subset, before the rare classes that cross-validation
+/// cannot use are dropped: what `analyze --task` reads.
+pub fn texts(task: &LoadedTask, opts: &EvalOptions) -> Result<Vec<String>> {
+    Ok(labelled(task, task.limit(opts.limit), opts.seed)?.texts)
+}
+
 fn labelled(task: &LoadedTask, limit: Option<usize>, seed: u64) -> Result<Examples> {
     let spec = task.spec.labels.as_ref().expect("checked at parse time");
     let table = &task.table;

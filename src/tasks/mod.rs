@@ -219,6 +219,7 @@ impl LoadedTask {
     pub fn texts(&self, opts: &EvalOptions) -> Result<Vec<String>> {
         match self.spec.kind {
             Kind::Generation => generation::texts(self, opts),
+            Kind::Classification => classification::texts(self, opts),
             _ => Ok(self
                 .embedding_requests(opts)?
                 .into_iter()
