@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The project's test command (the README's, and what CI runs): fetches the pinned
+# models and datasets, runs every Rust test in release mode, then renders a report of
+# the committed fixture results and checks it in headless Chromium, installing
+# Debian's chromium first when it is missing and we may (root with apt-get).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 scripts/fetch_assets.py
+cargo test --release
+if ! command -v chromium >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "installing chromium for the browser check" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "error: the browser check needs chromium (Debian: apt-get install chromium)" >&2
+    exit 1
+  fi
+fi
+report=$(mktemp -d)
+trap 'rm -rf "$report"' EXIT
+"${CARGO_TARGET_DIR:-target}/release/harness" report --results tests/fixtures/results --out "$report"
+scripts/browser_check.sh "$report"
