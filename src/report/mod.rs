@@ -1,7 +1,24 @@
 //! Reports: everything the harness shows a person, as text tables (and, for the
 //! leaderboard, Markdown and HTML).
+//!
+//! `harness report` ([`load`], then [`write_report`]) turns a results directory into
+//! `leaderboard.md`, `index.html`, CSV files and SVG plots; `docs/report.md` describes
+//! them.
+
+pub mod analyze_view;
+pub mod html;
+pub mod leaderboard;
+pub mod plots;
+pub mod results;
 
 use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+pub use results::{load, Results};
+
+use crate::output::write_bytes_atomic;
 
 use crate::eval::EvalResult;
 use crate::loader::ModelInfo;
@@ -159,4 +176,78 @@ fn fmt_score(x: f64) -> String {
     } else {
         format!("{x:.4}")
     }
+}
+
+/// Blocks a run ablated, as "block 12" or "blocks 1, 2".
+fn blocks(ablate: &[usize]) -> String {
+    let list: Vec<String> = ablate.iter().map(usize::to_string).collect();
+    let noun = if list.len() == 1 { "block" } else { "blocks" };
+    format!("{noun} {}", list.join(", "))
+}
+
+/// How a run changed the model: "baseline", or the blocks whose first-token MLP
+/// output was zeroed.
+fn run_label(ablate: &[usize]) -> String {
+    if ablate.is_empty() {
+        "baseline".into()
+    } else {
+        format!("ablated in {}", blocks(ablate))
+    }
+}
+
+/// Writes the report of `results` into `out` and returns the files written. Every
+/// file is computed before the first is written, and each is written atomically.
+/// Plots of tasks or models that are no longer in the results are removed, so that
+/// `out` holds exactly one report.
+pub fn write_report(results: &Results, out: &Path) -> Result<Vec<PathBuf>> {
+    if results.evals.is_empty() && results.analyses.is_empty() {
+        bail!(
+            "no {} or {} results under {}",
+            crate::eval::SCHEMA,
+            analyze_view::SCHEMA,
+            results.dir.display()
+        );
+    }
+    let plots = plots::all(results)?;
+    let mut files = vec![
+        (
+            out.join("leaderboard.md"),
+            leaderboard::markdown(results, &plots),
+        ),
+        (out.join("index.html"), html::page(results, &plots)),
+        (
+            out.join("results.csv"),
+            leaderboard::results_csv(&results.evals)?,
+        ),
+        (
+            out.join("analyze.csv"),
+            leaderboard::analyze_csv(&results.analyses)?,
+        ),
+    ];
+    let plot_dir = out.join("plots");
+    for p in &plots {
+        files.push((plot_dir.join(&p.file), p.svg.clone()));
+    }
+    remove_stale_plots(&plot_dir, &plots)?;
+    for (path, text) in &files {
+        write_bytes_atomic(path, text.as_bytes())?;
+    }
+    Ok(files.into_iter().map(|(path, _)| path).collect())
+}
+
+/// Removes plot files a previous report wrote that this one does not.
+fn remove_stale_plots(dir: &Path, plots: &[plots::Plot]) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = (name.starts_with("task-") || name.starts_with("analyze-"))
+            && name.ends_with(".svg");
+        if ours && !plots.iter().any(|p| p.file == name) {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
