@@ -84,13 +84,21 @@ class Downloads:
             binary = ["--only-binary", ":all:"] if pkg["format"] == "wheel" else ["--no-binary", ":all:"]
             # pip_args pins a platform wheel (--platform, --python-version, ...) so that every
             # machine downloads the same file.
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *binary,
+            # On a terminal pip draws its own progress bar; otherwise it stays quiet and
+            # its last line becomes the error message.
+            interactive = sys.stderr.isatty()
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *binary,
                    *pkg.get("pip_args", []), "-d", str(dest), f"{name}=={pkg['version']}"]
+            cmd += ["--progress-bar", "on"] if interactive else ["--quiet"]
             print(f"fetch: downloading {name}=={pkg['version']}", file=sys.stderr)
-            result = subprocess.run(cmd, capture_output=True, text=True)
+            if interactive:
+                result = subprocess.run(cmd, stdout=sys.stderr)
+                last = "pip failed (see above)"
+            else:
+                result = subprocess.run(cmd, capture_output=True, text=True)
+                last = (result.stderr.strip().splitlines() or ["no output"])[-1]
             files = list(dest.iterdir())
             if result.returncode != 0 or len(files) != 1:
-                last = (result.stderr.strip().splitlines() or ["no output"])[-1]
                 raise FetchError(f"could not download package {name}=={pkg['version']}: {last}")
         got = sha256_of(files[0])
         if got != pkg["sha256"]:

@@ -494,10 +494,19 @@ fn summarize(
     })
 }
 
-/// Where a result goes: `DIR/<model>/<task>.json`.
+/// Where a result goes: `DIR/<model>/<task>.json`, or `<task>.ablate-<blocks>.json`
+/// for a run with the ablation, so that it sits next to the baseline instead of
+/// replacing it.
 pub fn result_path(dir: &Path, result: &EvalResult) -> PathBuf {
+    let ablate = &result.settings.ablate;
+    let suffix = if ablate.is_empty() {
+        String::new()
+    } else {
+        let blocks: Vec<String> = ablate.iter().map(usize::to_string).collect();
+        format!(".ablate-{}", blocks.join("-"))
+    };
     dir.join(file_safe(&result.model.name))
-        .join(format!("{}.json", file_safe(&result.task.name)))
+        .join(format!("{}{suffix}.json", file_safe(&result.task.name)))
 }
 
 /// Writes a result file atomically.

@@ -2,10 +2,12 @@
 //!
 //! The library holds every piece; the `harness` binary only parses arguments.
 
+pub mod analyze;
 pub mod assets;
 pub mod cache;
 pub mod capture;
 pub mod datasets;
+pub mod diagnostics;
 pub mod embed;
 pub mod eval;
 pub mod hub;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use harness::analyze::{self, Ablate, AnalyzeOptions};
 use harness::capture::{BatchPlan, Pool};
 use harness::embed::{self, Encoding};
 use harness::eval::EvalOptions;
@@ -52,6 +53,10 @@ enum Command {
         #[arg(long, default_value = "reports")]
         out: PathBuf,
     },
+    /// Per-layer diagnostics (first-token norm, massive activations, matrix entropy,
+    /// attention sinks, mixing), the Mix/Compress/Refine phases and the first-token
+    /// MLP ablation, written to DIR/<model>/analyze.json.
+    Analyze(AnalyzeArgs),
 }
 
 #[derive(Args)]
@@ -79,9 +84,10 @@ struct EvalArgs {
     /// Bootstrap resamples for confidence intervals.
     #[arg(long, default_value_t = 1000)]
     resamples: usize,
-    /// Zero the MLP output at position 0 in these blocks (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    ablate: Vec<usize>,
+    /// Zero the MLP output at position 0 in these blocks: auto (the block where the
+    /// first-token norm grows most, found as `analyze` does) or numbers such as 3 or 3,5.
+    #[arg(long)]
+    ablate: Option<String>,
     /// Recompute embeddings instead of reading the cache.
     #[arg(long)]
     no_cache: bool,
@@ -93,6 +99,33 @@ struct EvalArgs {
     list: bool,
     #[command(flatten)]
     run: RunArgs,
+}
+
+#[derive(Args)]
+struct AnalyzeArgs {
+    #[arg(long)]
+    model: String,
+    /// Prompts, one per line (default: Jane Austen paragraphs from $HARNESS_HOME).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Prompts from a task's texts (a shipped task name or a task TOML file).
+    #[arg(long, conflicts_with = "input")]
+    task: Option<String>,
+    /// Use at most this many prompts (default: every line of --input, or 64 paragraphs).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Cut every prompt to this many tokens, BOS included.
+    #[arg(long, default_value_t = analyze::DEFAULT_MAX_TOKENS)]
+    max_tokens: usize,
+    /// Also run with the MLP output at position 0 zeroed in these blocks: auto (where the
+    /// first-token norm grows most) or block numbers such as 3 or 3,5.
+    #[arg(long)]
+    ablate: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Results go to DIR/<model>/analyze.json.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -220,6 +253,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("wrote {}", path.display());
             }
         }
+        Command::Analyze(args) => analyze(args, cli.quiet)?,
     }
     Ok(())
 }
@@ -242,17 +276,26 @@ fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
         .iter()
         .map(|t| harness::tasks::load(t))
         .collect::<Result<Vec<_>>>()?;
+    let ablate = parse_ablate(args.ablate.as_deref())?;
     let model = harness::loader::load(args.model.as_deref().unwrap_or_default())?;
+    let (plan, encoding) = (args.run.plan(), args.run.encoding());
+    let ablate_first_mlp = match &ablate {
+        None => Vec::new(),
+        Some(a) => {
+            let progress = Progress::new("ablation", "tokens", quiet);
+            let (blocks, rule) = analyze::ablation_blocks(&model, a, encoding, plan, &progress)?;
+            eprintln!("ablating the first token's MLP output in block(s) {blocks:?} ({rule})");
+            blocks
+        }
+    };
     let opts = EvalOptions {
         limit: args.limit,
         seed: args.seed,
         pool: args.pool,
         center: args.center,
-        encoding: args.run.encoding(),
-        plan: args.run.plan(),
-        intervention: Intervention {
-            ablate_first_mlp: args.ablate.clone(),
-        },
+        encoding,
+        plan,
+        intervention: Intervention { ablate_first_mlp },
         use_cache: !args.no_cache,
         resamples: args.resamples,
         folds: args.folds,
@@ -268,4 +311,35 @@ fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
         print!("{}", harness::report::eval_summary(&results));
     }
     Ok(())
+}
+
+fn analyze(args: AnalyzeArgs, quiet: bool) -> Result<()> {
+    // Parsed here rather than by clap, so a bad value is one line like every error.
+    let ablate = parse_ablate(args.ablate.as_deref())?;
+    let (prompts, source) = match (&args.input, &args.task) {
+        (Some(path), _) => analyze::file_prompts(path, args.limit)?,
+        (None, Some(task)) => analyze::task_prompts(&harness::tasks::load(task)?, args.limit)?,
+        (None, None) => analyze::austen_prompts(
+            args.limit.unwrap_or(analyze::DEFAULT_PROMPTS),
+            args.max_tokens,
+        )?,
+    };
+    let loaded = harness::loader::load(&args.model)?;
+    let opts = AnalyzeOptions {
+        encoding: args.run.encoding(),
+        max_tokens: args.max_tokens,
+        plan: args.run.plan(),
+        ablate,
+        source,
+    };
+    let progress = Progress::new("analyze", "tokens", quiet);
+    let result = analyze::run(&loaded, &prompts, &opts, &progress)?;
+    let path = result.save(&args.out)?;
+    print!("{}", harness::report::analyze_table(&result));
+    eprintln!("wrote {} ({:.1}s)", path.display(), result.settings.seconds);
+    Ok(())
+}
+
+fn parse_ablate(value: Option<&str>) -> Result<Option<Ablate>> {
+    value.map(str::parse::<Ablate>).transpose()
 }

@@ -95,6 +95,26 @@ pub struct Scored {
     pub info: BTreeMap<String, serde_json::Value>,
 }
 
+impl Scored {
+    /// Accuracy as the mean of per-example correctness (`[layer][example]`, 0 or 1).
+    pub fn accuracy(
+        correct: Vec<Vec<f64>>,
+        extra: Vec<BTreeMap<String, f64>>,
+        info: BTreeMap<String, serde_json::Value>,
+    ) -> Self {
+        Scored {
+            metric: Metric {
+                name: "accuracy",
+                higher_is_better: true,
+            },
+            items: "examples",
+            main: Box::new(MeanOfItems { values: correct }),
+            extra,
+            info,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

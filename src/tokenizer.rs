@@ -940,72 +940,58 @@ mod tests {
 
     #[test]
     fn missing_or_mistyped_metadata_is_named() {
-        let err = error(&with(byte_level(), "tokenizer.ggml.tokens", None));
-        assert!(err.contains("tokenizer.ggml.tokens"), "{err}");
-        let err = error(&with(byte_level(), "tokenizer.ggml.model", None));
-        assert!(err.contains("tokenizer.ggml.model"), "{err}");
-        let err = error(&with(
-            byte_level(),
-            "tokenizer.ggml.model",
-            Some(Value::String("bert".into())),
-        ));
-        assert!(err.contains("\"bert\""), "{err}");
-        let err = error(&with(byte_level(), "tokenizer.ggml.merges", None));
-        assert!(err.contains("tokenizer.ggml.merges"), "{err}");
-        let err = error(&with(
-            byte_level(),
-            "tokenizer.ggml.tokens",
-            Some(Value::String("a".into())),
-        ));
-        assert!(
-            err.contains("tokenizer.ggml.tokens should be an array, found string"),
-            "{err}"
-        );
-        let err = error(&with(
-            byte_level(),
-            "tokenizer.ggml.pre",
-            Some(Value::U32(1)),
-        ));
-        assert!(
-            err.contains("tokenizer.ggml.pre should be a string"),
-            "{err}"
-        );
-        let err = error(&with(
-            byte_level(),
-            "tokenizer.ggml.bos_token_id",
-            Some(Value::I32(-1)),
-        ));
-        assert!(
-            err.contains("tokenizer.ggml.bos_token_id should be a token id, found i32 -1"),
-            "{err}"
-        );
-        let err = error(&with(
-            byte_level(),
-            "tokenizer.ggml.bos_token_id",
-            Some(Value::U32(99)),
-        ));
-        assert!(
-            err.contains("99, outside the vocabulary of 7 tokens"),
-            "{err}"
-        );
-        let err = error(&with(
-            byte_level(),
-            "tokenizer.ggml.token_type",
-            Some(Value::Array(vec![Value::I32(1)])),
-        ));
-        assert!(err.contains("1 entries for 7 tokens"), "{err}");
-        let err = error(&with(
-            byte_level(),
-            "tokenizer.ggml.merges",
-            Some(strings(&["a b c"])),
-        ));
-        assert!(err.contains("merges[0]"), "{err}");
-        let err = error(&with(
-            byte_level(),
-            "tokenizer.ggml.merges",
-            Some(strings(&["a x"])),
-        ));
-        assert!(err.contains("inconsistent"), "{err}");
+        let cases: Vec<(&str, Option<Value>, &str)> = vec![
+            ("tokenizer.ggml.tokens", None, "tokenizer.ggml.tokens"),
+            ("tokenizer.ggml.model", None, "tokenizer.ggml.model"),
+            (
+                "tokenizer.ggml.model",
+                Some(Value::String("bert".into())),
+                "\"bert\"",
+            ),
+            ("tokenizer.ggml.merges", None, "tokenizer.ggml.merges"),
+            (
+                "tokenizer.ggml.tokens",
+                Some(Value::String("a".into())),
+                "tokenizer.ggml.tokens should be an array, found string",
+            ),
+            (
+                "tokenizer.ggml.pre",
+                Some(Value::U32(1)),
+                "tokenizer.ggml.pre should be a string",
+            ),
+            (
+                "tokenizer.ggml.bos_token_id",
+                Some(Value::I32(-1)),
+                "tokenizer.ggml.bos_token_id should be a token id, found i32 -1",
+            ),
+            (
+                "tokenizer.ggml.bos_token_id",
+                Some(Value::U32(99)),
+                "99, outside the vocabulary of 7 tokens",
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                Some(Value::Array(vec![Value::I32(1)])),
+                "1 entries for 7 tokens",
+            ),
+            (
+                "tokenizer.ggml.merges",
+                Some(strings(&["a b c"])),
+                "merges[0]",
+            ),
+            (
+                "tokenizer.ggml.merges",
+                Some(strings(&["a x"])),
+                "inconsistent",
+            ),
+        ];
+        for (key, value, expected) in cases {
+            let err = error(&with(byte_level(), key, value));
+            assert!(
+                err.contains(expected),
+                "{key}: expected {expected:?} in {err}"
+            );
+        }
     }
 
     #[test]

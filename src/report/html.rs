@@ -103,7 +103,8 @@ fn inline(s: &str) -> String {
 fn table(id: &str, t: &Table) -> String {
     let numeric: Vec<bool> = (0..t.columns.len()).map(|i| t.numeric(i)).collect();
     let class = |i: usize| if numeric[i] { " class=\"num\"" } else { "" };
-    let mut out = format!("<div class=\"scroll\"><table class=\"sortable\" id=\"{id}\">\n<thead><tr>");
+    let mut out =
+        format!("<div class=\"scroll\"><table class=\"sortable\" id=\"{id}\">\n<thead><tr>");
     for (i, c) in t.columns.iter().enumerate() {
         let _ = write!(out, "<th{}>{}</th>", class(i), esc(c));
     }
@@ -184,14 +185,27 @@ pub fn page(results: &Results, plots: &[Plot]) -> String {
         );
     }
     for (id, short, title, figures) in [
-        ("task-plots", "Depth curves", "Scores against depth", &task_plots),
-        ("analysis-plots", "Layer analyses", "Layer analyses", &analysis_plots),
+        (
+            "task-plots",
+            "Depth curves",
+            "Scores against depth",
+            &task_plots,
+        ),
+        (
+            "analysis-plots",
+            "Layer analyses",
+            "Layer analyses",
+            &analysis_plots,
+        ),
     ] {
         if figures.is_empty() {
             continue;
         }
         sections.push((id, short));
-        let _ = write!(body, "<section id=\"{id}\"><h2>{title}</h2>\n<div class=\"grid\">\n");
+        let _ = write!(
+            body,
+            "<section id=\"{id}\"><h2>{title}</h2>\n<div class=\"grid\">\n"
+        );
         for p in figures.iter() {
             body.push_str(&figure(p));
         }

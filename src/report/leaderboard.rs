@@ -230,10 +230,7 @@ pub fn verdict_table(verdicts: &[Verdict]) -> Table {
                 Cell::text(run_label(&v.ablate)),
                 Cell::number(v.tasks.to_string(), v.tasks as f64),
                 Cell::number(v.agree.to_string(), v.agree as f64),
-                Cell::number(
-                    (v.tasks - v.agree).to_string(),
-                    (v.tasks - v.agree) as f64,
-                ),
+                Cell::number((v.tasks - v.agree).to_string(), (v.tasks - v.agree) as f64),
                 Cell::text(format!("holds on {} of {} tasks", v.agree, v.tasks)),
             ]
         })
@@ -418,7 +415,12 @@ pub fn markdown(results: &Results, plots: &[Plot]) -> String {
         out.push_str(&verdict_table(&v).markdown());
         out.push('\n');
         for v in &v {
-            let _ = writeln!(out, "Where it does not hold for {}, {}:\n", v.model, run_label(&v.ablate));
+            let _ = writeln!(
+                out,
+                "Where it does not hold for {}, {}:\n",
+                v.model,
+                run_label(&v.ablate)
+            );
             if v.disagreements.is_empty() {
                 out.push_str("- nowhere\n");
             }
@@ -524,7 +526,14 @@ const ANALYZE_COLUMNS: [&str; 15] = [
 /// a layer does not have is an empty cell.
 pub fn analyze_csv(analyses: &[Analysis]) -> Result<String> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["model", "ablated", "ablated_blocks", "layer", "relative_depth", "phase"];
+    let mut header = vec![
+        "model",
+        "ablated",
+        "ablated_blocks",
+        "layer",
+        "relative_depth",
+        "phase",
+    ];
     header.extend(ANALYZE_COLUMNS);
     w.write_record(&header)?;
     for a in analyses {

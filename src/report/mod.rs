@@ -20,6 +20,7 @@ pub use results::{load, Results};
 
 use crate::output::write_bytes_atomic;
 
+use crate::analyze::AnalyzeResult;
 use crate::eval::EvalResult;
 use crate::loader::ModelInfo;
 
@@ -242,12 +243,137 @@ fn remove_stale_plots(dir: &Path, plots: &[plots::Plot]) -> Result<()> {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = (name.starts_with("task-") || name.starts_with("analyze-"))
-            && name.ends_with(".svg");
+        let ours =
+            (name.starts_with("task-") || name.starts_with("analyze-")) && name.ends_with(".svg");
         if ours && !plots.iter().any(|p| p.file == name) {
             std::fs::remove_file(entry.path())
                 .with_context(|| format!("cannot remove {}", entry.path().display()))?;
         }
     }
     Ok(())
+}
+
+/// A number in at most eight characters with about three significant digits.
+fn short(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(0.0) => "0".into(),
+        Some(v) if (0.01..10_000.0).contains(&v.abs()) => {
+            let decimals = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+            format!("{v:.decimals$}")
+        }
+        Some(v) => format!("{v:.2e}"),
+    }
+}
+
+/// `harness analyze` as a per-layer table of means over prompts, with the phase of
+/// each layer, and the ablated run beside the baseline when there is one.
+pub fn analyze_table(r: &AnalyzeResult) -> String {
+    let s = &r.settings;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} ({}, {} layers, d={}): {} prompts, {}-{} tokens, first token {}",
+        r.model.name,
+        r.model.architecture,
+        r.model.num_layers,
+        r.model.hidden_size,
+        s.prompts,
+        s.tokens_min,
+        s.tokens_max,
+        if s.first_token_is_bos {
+            "BOS"
+        } else {
+            "not BOS"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "means over prompts (standard deviations in analyze.json); singular values from the Gram matrix's eigenvalues in f64"
+    );
+    let columns = [
+        ("|x0|", "first_norm"),
+        ("c=M/R", "norm_ratio"),
+        ("x0/med", "first_over_median"),
+        ("massive", "massive_count"),
+        ("p1", "anisotropy"),
+        ("H bits", "entropy_bits"),
+        ("H/logN", "entropy_normalized"),
+        ("Hc bits", "entropy_centered_bits"),
+        ("bound", "entropy_bound_bits"),
+        ("holds", "bound_holds"),
+        ("sink", "sink_rate"),
+        ("mixing", "mixing"),
+        ("colsum", "colsum"),
+    ];
+    let _ = write!(out, "{:>5} {:>5}", "layer", "phase");
+    for (title, _) in columns {
+        let _ = write!(out, " {title:>8}");
+    }
+    out.push('\n');
+    let p = &r.phases;
+    for l in &r.layers {
+        let phase = if l.layer < p.compress.first {
+            "mix"
+        } else if l.layer <= p.compress.last {
+            "comp"
+        } else {
+            "ref"
+        };
+        let _ = write!(out, "{:>5} {phase:>5}", l.layer);
+        for (_, name) in columns {
+            let _ = write!(out, " {:>8}", short(l.mean(name)));
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "phases: mix {}, compress {}-{} ({:.0}-{:.0}% of depth), refine {} (normalised entropy <= {:.3})",
+        p.mix.map_or("none".into(), |m| format!("{}-{}", m.first, m.last)),
+        p.compress.first,
+        p.compress.last,
+        100.0 * p.compress_depth[0],
+        100.0 * p.compress_depth[1],
+        p.refine.map_or("none".into(), |m| format!("{}-{}", m.first, m.last)),
+        p.threshold
+    );
+    if let Some(a) = &r.ablation {
+        let blocks: Vec<String> = a.layers_ablated.iter().map(|b| b.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "\nablation of the MLP output at position 0 in block(s) {} ({})",
+            blocks.join(","),
+            a.rule
+        );
+        let compared = [
+            ("|x0|", "first_norm"),
+            ("c=M/R", "norm_ratio"),
+            ("H/logN", "entropy_normalized"),
+            ("sink", "sink_rate"),
+            ("mixing", "mixing"),
+        ];
+        let _ = write!(out, "{:>5}", "layer");
+        for (title, _) in compared {
+            let _ = write!(out, " {:>8} {:>8}", title, "ablated");
+        }
+        out.push('\n');
+        for (b, l) in r.layers.iter().zip(&a.layers) {
+            let _ = write!(out, "{:>5}", l.layer);
+            for (_, name) in compared {
+                let _ = write!(
+                    out,
+                    " {:>8} {:>8}",
+                    short(b.mean(name)),
+                    short(l.mean(name))
+                );
+            }
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "next-token loss (nats): {:.4} baseline, {:.4} ablated, change {:+.4}",
+            a.loss_baseline, a.loss_ablated, a.loss_change
+        );
+    }
+    out
 }

@@ -197,7 +197,10 @@ fn legend_rows<'a>(series: &[&'a Series]) -> Vec<Vec<(i32, &'a Series)>> {
     rows
 }
 
-fn draw_legend(area: &DrawingArea<SVGBackend<'_>, Shift>, rows: &[Vec<(i32, &Series)>]) -> Result<()> {
+fn draw_legend(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    rows: &[Vec<(i32, &Series)>],
+) -> Result<()> {
     let font = (FONT, LEGEND_FONT)
         .into_font()
         .color(&AXIS_TEXT)
@@ -212,7 +215,11 @@ fn draw_legend(area: &DrawingArea<SVGBackend<'_>, Shift>, rows: &[Vec<(i32, &Ser
             } else {
                 area.draw(&PathElement::new(line, style))?;
             }
-            area.draw(&Text::new(s.label.clone(), (x + LEGEND_SAMPLE + 8, y), font.clone()))?;
+            area.draw(&Text::new(
+                s.label.clone(),
+                (x + LEGEND_SAMPLE + 8, y),
+                font.clone(),
+            ))?;
         }
     }
     Ok(())
@@ -226,7 +233,9 @@ fn draw_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, panel: &Panel) -> Resul
         .x_label_area_size(if panel.x_axis { 52 } else { 8 })
         .y_label_area_size(84);
     match panel.y {
-        YAxis::Linear(lo, hi) => fill_panel(builder.build_cartesian_2d(X_RANGE, lo..hi)?, panel, hi),
+        YAxis::Linear(lo, hi) => {
+            fill_panel(builder.build_cartesian_2d(X_RANGE, lo..hi)?, panel, hi)
+        }
         YAxis::Log(lo, hi) => fill_panel(
             builder.build_cartesian_2d(X_RANGE, (lo..hi).log_scale())?,
             panel,
@@ -295,7 +304,12 @@ where
                 .band
                 .iter()
                 .map(|&(x, _, hi)| (x, hi.clamp(y_lo, y_hi)))
-                .chain(s.band.iter().rev().map(|&(x, lo, _)| (x, lo.clamp(y_lo, y_hi))))
+                .chain(
+                    s.band
+                        .iter()
+                        .rev()
+                        .map(|&(x, lo, _)| (x, lo.clamp(y_lo, y_hi))),
+                )
                 .collect();
             chart.draw_series(std::iter::once(Polygon::new(
                 points,
@@ -354,7 +368,10 @@ fn task_plot(runs: &[&EvalResult], colour: &dyn Fn(&str) -> RGBColor) -> Result<
         })
         .collect();
     let kind = format!("{:?}", first.task.kind).to_lowercase();
-    let title = format!("{} ({kind}): {} by depth", first.task.name, first.task.metric);
+    let title = format!(
+        "{} ({kind}): {} by depth",
+        first.task.name, first.task.metric
+    );
     let panel = Panel {
         y_desc: format!("{}{}", metric_label(first), if log { " (log)" } else { "" }),
         y: axis,
@@ -441,7 +458,10 @@ fn analysis_plot(a: &Analysis, colour: RGBColor) -> Result<Plot> {
                     label: label.clone(),
                     colour,
                     dashed: *dashed,
-                    segments: segments(layers.iter().map(|l| (a.depth(l.layer), l.get(metric))), log),
+                    segments: segments(
+                        layers.iter().map(|l| (a.depth(l.layer), l.get(metric))),
+                        log,
+                    ),
                     band: Vec::new(),
                     marker: None,
                 })
@@ -453,10 +473,19 @@ fn analysis_plot(a: &Analysis, colour: RGBColor) -> Result<Plot> {
     };
     let panels = [
         panel("first_norm", "first-token norm (log)", true, false, true),
-        panel("entropy_normalized", "normalised entropy", false, false, false),
+        panel(
+            "entropy_normalized",
+            "normalised entropy",
+            false,
+            false,
+            false,
+        ),
         panel("sink_rate", "sink rate (τ = 0.3)", false, true, false),
     ];
-    let title = format!("{}: first token, compression and sinks by depth", a.model.name);
+    let title = format!(
+        "{}: first token, compression and sinks by depth",
+        a.model.name
+    );
     let svg = figure(&title, 760, &panels)?;
     let ablated = match ablation {
         Some(ab) => format!(

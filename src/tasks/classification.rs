@@ -11,7 +11,7 @@ use crate::eval::{Env, EvalOptions};
 use crate::metrics;
 use crate::probe::{self, ProbeConfig};
 use crate::sampling::subset;
-use crate::scores::{MeanOfItems, Metric, Scored};
+use crate::scores::Scored;
 
 /// `[labels]`: where the text and the label are, and how labels become classes.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -293,14 +293,5 @@ pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
             ),
         ),
     ]);
-    Ok(Scored {
-        metric: Metric {
-            name: "accuracy",
-            higher_is_better: true,
-        },
-        items: "examples",
-        main: Box::new(MeanOfItems { values: correct }),
-        extra,
-        info,
-    })
+    Ok(Scored::accuracy(correct, extra, info))
 }

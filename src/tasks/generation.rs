@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::LoadedTask;
 use crate::capture::{with_f32, Batch, Capture};
-use crate::eval::Env;
+use crate::eval::{Env, EvalOptions};
 use crate::models::Transformer;
 use crate::sampling::subset;
-use crate::scores::{MeanOfItems, Metric, PerplexityOfItems, Scored};
+use crate::scores::{Metric, PerplexityOfItems, Scored};
 
 /// `[generation]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -160,17 +160,38 @@ pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
     }
 }
 
+/// The texts a generation task feeds the model: its documents, or its rendered prompts.
+pub fn texts(task: &LoadedTask, opts: &EvalOptions) -> Result<Vec<String>> {
+    match task
+        .spec
+        .generation
+        .as_ref()
+        .expect("checked at parse time")
+    {
+        GenerationSpec::LanguageModel { text, .. } => documents(task, text, opts),
+        GenerationSpec::Choice { prompt, .. } => {
+            subset(task.table.len(), task.limit(opts.limit), opts.seed)
+                .into_iter()
+                .map(|row| render(prompt, task, row))
+                .collect()
+        }
+    }
+}
+
+fn documents(task: &LoadedTask, column: &str, opts: &EvalOptions) -> Result<Vec<String>> {
+    task.table.require(column)?;
+    subset(task.table.len(), task.limit(opts.limit), opts.seed)
+        .into_iter()
+        .map(|r| task.table.text(r, column))
+        .collect()
+}
+
 fn language_model(task: &LoadedTask, env: &mut Env, column: &str, window: usize) -> Result<Scored> {
     let table = &task.table;
-    table.require(column)?;
     if window < 2 {
         bail!("max_tokens must be at least 2");
     }
-    let rows = subset(table.len(), task.limit(env.opts.limit), env.opts.seed);
-    let texts: Vec<String> = rows
-        .iter()
-        .map(|&r| table.text(r, column))
-        .collect::<Result<_>>()?;
+    let texts = documents(task, column, env.opts)?;
     let seqs: Vec<Vec<u32>> = env
         .model
         .tokenizer
@@ -408,14 +429,5 @@ fn choice(
         ("answer_counts".to_string(), serde_json::json!(counts)),
         ("lens".to_string(), serde_json::json!("final norm + unembedding applied to each layer; the option with the highest summed log-probability wins")),
     ]);
-    Ok(Scored {
-        metric: Metric {
-            name: "accuracy",
-            higher_is_better: true,
-        },
-        items: "examples",
-        main: Box::new(MeanOfItems { values: correct }),
-        extra,
-        info,
-    })
+    Ok(Scored::accuracy(correct, extra, info))
 }

@@ -214,6 +214,19 @@ impl LoadedTask {
         Ok(vec![(texts, self.pool(opts.pool))])
     }
 
+    /// Every text this task feeds the model, in order: the texts it embeds, or a
+    /// generation task's documents or rendered prompts.
+    pub fn texts(&self, opts: &EvalOptions) -> Result<Vec<String>> {
+        match self.spec.kind {
+            Kind::Generation => generation::texts(self, opts),
+            _ => Ok(self
+                .embedding_requests(opts)?
+                .into_iter()
+                .flat_map(|(texts, _)| texts)
+                .collect()),
+        }
+    }
+
     /// The example cap: the command line's, else the task's default.
     pub fn limit(&self, cli: Option<usize>) -> Option<usize> {
         cli.or(self.spec.limit)
