@@ -1,15 +1,12 @@
 //! What the report reads from `harness.analyze/1` files (`harness analyze`).
 //!
 //! These are the report's own views, read by field name, rather than the analyze
-//! command's types: the report only needs a few curves and the phases, and must keep
-//! reading files when the writer gains fields.
+//! command's types: those only serialise, the report needs a few curves and the
+//! phases, and it must keep reading files when the writer gains fields.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-
-/// The `schema` field of the files these views read.
-pub const SCHEMA: &str = "harness.analyze/1";
 
 /// One `analyze.json`: per-layer diagnostics of one model, its phases and, when the
 /// run had `--ablate`, the ablated run beside it.

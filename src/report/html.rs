@@ -140,7 +140,7 @@ fn figure(p: &Plot) -> String {
 }
 
 /// The whole page.
-pub fn page(results: &Results, plots: &[Plot]) -> String {
+pub fn page(results: &Results, plots: &[Plot], generated: &str) -> String {
     let (task_plots, analysis_plots): (Vec<&Plot>, Vec<&Plot>) =
         plots.iter().partition(|p| p.file.starts_with("task-"));
     let mut sections = Vec::new();
@@ -222,9 +222,10 @@ pub fn page(results: &Results, plots: &[Plot]) -> String {
          <div id=\"page-errors\" hidden></div>\n<script>{ERROR_HOOK}</script>\n<main>\n\
          <h1>What every layer is good for</h1>\n<p>{}</p>\n<nav>{}</nav>\n{body}\
          <footer>\n<hr>\n<p>Written by <code>harness report</code>; run it again to regenerate every file from the results.</p>\n\
-         <p id=\"timestamps\">{}</p>\n</footer>\n</main>\n<script>{SORT_SCRIPT}</script>\n</body>\n</html>\n",
+         <p id=\"generated\">{}</p>\n</footer>\n</main>\n<script>{SORT_SCRIPT}</script>\n</body>\n</html>\n",
         esc(&leaderboard::overview(results)),
         nav.join(""),
-        esc(&leaderboard::timestamps(&results.evals))
+        esc(generated)
     )
 }
+

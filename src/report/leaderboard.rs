@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::analyze_view::{Analysis, LayerStats, Span};
 use super::plots::Plot;
 use super::results::Results;
-use super::{blocks, fmt_score, run_label};
+use super::{blocks, fmt_score, run_label, short};
 use crate::eval::EvalResult;
 
 /// A table cell: what it shows and, for numbers, the value it sorts by.
@@ -241,19 +241,6 @@ pub fn verdict_table(verdicts: &[Verdict]) -> Table {
     }
 }
 
-/// Numbers from the analyses: about three significant digits, powers of ten for the
-/// first token's norms.
-fn short(v: f64) -> String {
-    if v == 0.0 {
-        "0".into()
-    } else if (0.01..10_000.0).contains(&v.abs()) {
-        let decimals = (2 - v.abs().log10().floor() as i32).max(0) as usize;
-        format!("{v:.decimals$}")
-    } else {
-        format!("{v:.2e}")
-    }
-}
-
 /// A phase as layers, and for Compress, as depth too (the paper's comparison
 /// across models).
 fn span(s: Option<Span>, a: Option<&Analysis>) -> String {
@@ -288,7 +275,7 @@ fn extreme(layers: &[LayerStats], metric: &str, max: bool) -> Option<(usize, f64
 
 fn extreme_cell(layers: &[LayerStats], metric: &str, max: bool) -> Cell {
     match extreme(layers, metric, max) {
-        Some((layer, v)) => Cell::number(format!("{} (layer {layer})", short(v)), v),
+        Some((layer, v)) => Cell::number(format!("{} (layer {layer})", short(Some(v))), v),
         None => Cell::text("n/a"),
     }
 }
@@ -316,10 +303,10 @@ pub fn phases_table(analyses: &[Analysis]) -> Table {
                 mean_in(a, "sink_rate", false),
             ) {
                 (Some(inside), Some(outside)) => Cell::number(
-                    format!("{} ({} outside)", short(inside), short(outside)),
+                    format!("{} ({} outside)", short(Some(inside)), short(Some(outside))),
                     inside,
                 ),
-                (Some(inside), None) => Cell::number(short(inside), inside),
+                (Some(inside), None) => Cell::number(short(Some(inside)), inside),
                 _ => Cell::text("n/a"),
             };
             let ablation = match &a.ablation {
@@ -389,21 +376,21 @@ Spans are layers; Compress also as fractions of depth. The sink rate is the frac
 is at least 0.3. The ablation zeroes the first token's MLP output in the blocks named; the loss is the \
 next-token negative log-likelihood.";
 
-/// The one line that records when the runs happened: the only part of the report
-/// that may differ between runs of the same configuration.
-pub fn timestamps(evals: &[EvalResult]) -> String {
-    let created = evals.iter().map(|r| r.created.as_str());
-    match (created.clone().min(), created.max()) {
-        (Some(first), Some(last)) => format!(
-            "Timestamps (the only run-dependent line of this report): the eval results were created between {first} and {last}."
-        ),
-        _ => "Timestamps (the only run-dependent line of this report): none; analyze results record no time."
-            .into(),
-    }
+/// The one line that holds every timestamp of the report, starting `generated:`: the
+/// only line that differs between two reports of the same results.
+pub fn generated(results: &Results, now: &str) -> String {
+    let created = results.evals.iter().map(|r| r.created.as_str());
+    let runs = match (created.clone().min(), created.max()) {
+        (Some(first), Some(last)) => {
+            format!("from eval results created between {first} and {last}")
+        }
+        _ => "from analyze results, which record no time".into(),
+    };
+    format!("generated: {now} by harness report {runs}")
 }
 
 /// The whole of `leaderboard.md`.
-pub fn markdown(results: &Results, plots: &[Plot]) -> String {
+pub fn markdown(results: &Results, plots: &[Plot], generated: &str) -> String {
     let mut out = String::from("# What every layer is good for\n\n");
     let _ = writeln!(out, "{}\n", overview(results));
     if !results.evals.is_empty() {
@@ -443,8 +430,7 @@ pub fn markdown(results: &Results, plots: &[Plot]) -> String {
     }
     let _ = writeln!(
         out,
-        "---\n\nWritten by `harness report`; run it again to regenerate every file from the results.\n\n{}",
-        timestamps(&results.evals)
+        "---\n\nWritten by `harness report`; run it again to regenerate every file from the results.\n\n{generated}"
     );
     out
 }
@@ -461,8 +447,17 @@ pub fn overview(results: &Results) -> String {
     )
 }
 
-/// `results.csv`: one row per model, task, run and layer. Floats are written in
-/// Rust's shortest form that reads back to the same value.
+/// A float for the CSV files: the shortest form that reads back to the same value,
+/// with an exponent where plain digits would run long (perplexities near layer 0).
+fn csv_number(x: f64) -> String {
+    if x != 0.0 && !(1e-5..1e16).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        x.to_string()
+    }
+}
+
+/// `results.csv`: one row per model, task, run and layer.
 pub fn results_csv(evals: &[EvalResult]) -> Result<String> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
@@ -493,10 +488,10 @@ pub fn results_csv(evals: &[EvalResult]) -> Result<String> {
                 (!r.settings.ablate.is_empty()).to_string(),
                 blocks.join(" "),
                 l.layer.to_string(),
-                l.relative_depth.to_string(),
-                l.score.to_string(),
-                l.ci_low.to_string(),
-                l.ci_high.to_string(),
+                csv_number(l.relative_depth),
+                csv_number(l.score),
+                csv_number(l.ci_low),
+                csv_number(l.ci_high),
             ])?;
         }
     }
@@ -549,13 +544,13 @@ pub fn analyze_csv(analyses: &[Analysis]) -> Result<String> {
                     (!blocks.is_empty()).to_string(),
                     blocks.clone(),
                     l.layer.to_string(),
-                    a.depth(l.layer).to_string(),
+                    csv_number(a.depth(l.layer)),
                     phase(a, l.layer).into(),
                 ];
                 record.extend(
                     ANALYZE_COLUMNS
                         .iter()
-                        .map(|m| l.get(m).map(|v| v.to_string()).unwrap_or_default()),
+                        .map(|m| l.get(m).map(csv_number).unwrap_or_default()),
                 );
                 w.write_record(&record)?;
             }
@@ -575,3 +570,4 @@ pub fn phase(a: &Analysis, layer: usize) -> &'static str {
         "refine"
     }
 }
+

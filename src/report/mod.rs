@@ -205,17 +205,21 @@ pub fn write_report(results: &Results, out: &Path) -> Result<Vec<PathBuf>> {
         bail!(
             "no {} or {} results under {}",
             crate::eval::SCHEMA,
-            analyze_view::SCHEMA,
+            crate::analyze::SCHEMA,
             results.dir.display()
         );
     }
     let plots = plots::all(results)?;
+    let generated = leaderboard::generated(results, &crate::eval::now_utc());
     let mut files = vec![
         (
             out.join("leaderboard.md"),
-            leaderboard::markdown(results, &plots),
+            leaderboard::markdown(results, &plots, &generated),
         ),
-        (out.join("index.html"), html::page(results, &plots)),
+        (
+            out.join("index.html"),
+            html::page(results, &plots, &generated),
+        ),
         (
             out.join("results.csv"),
             leaderboard::results_csv(&results.evals)?,
@@ -377,3 +381,4 @@ pub fn analyze_table(r: &AnalyzeResult) -> String {
     }
     out
 }
+

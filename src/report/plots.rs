@@ -510,3 +510,4 @@ fn analysis_plot(a: &Analysis, colour: RGBColor) -> Result<Plot> {
         svg,
     })
 }
+

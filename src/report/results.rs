@@ -1,14 +1,15 @@
 //! Finding and reading every result file under a results directory.
 //!
-//! Files are recognised by their `schema` field, not their path: ablated eval runs
-//! have to live in a directory of their own (`harness eval --ablate 12 --out
-//! results/ablate-12`), since they would otherwise replace the baseline's file.
+//! Files are recognised by their `schema` field, not their path, so results may be
+//! arranged in any folders; ablated eval runs (`<task>.ablate-12.json`) are told
+//! from the baseline by `settings.ablate`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::analyze_view::{self, Analysis};
+use super::analyze_view::Analysis;
+use crate::analyze;
 use crate::eval::{self, EvalResult};
 
 /// Every usable result under a directory, in report order, and a line for each file
@@ -189,14 +190,14 @@ fn parse(path: &Path) -> std::result::Result<Parsed, String> {
         eval::SCHEMA => serde_json::from_value(value)
             .map(|r| Parsed::Eval(Box::new(r)))
             .map_err(invalid),
-        analyze_view::SCHEMA => serde_json::from_value(value)
+        analyze::SCHEMA => serde_json::from_value(value)
             .map(|a| Parsed::Analysis(Box::new(a)))
             .map_err(invalid),
         "" => Err("no schema field, so not a harness result".into()),
         other => Err(format!(
             "schema {other} is not one this report reads ({}, {})",
             eval::SCHEMA,
-            analyze_view::SCHEMA
+            analyze::SCHEMA
         )),
     }
 }
