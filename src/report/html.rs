@@ -229,3 +229,30 @@ pub fn page(results: &Results, plots: &[Plot], generated: &str) -> String {
     )
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::plots;
+    use crate::report::tests::fixture_results;
+
+    #[test]
+    fn the_page_holds_every_table_and_plot_and_no_address() {
+        let r = fixture_results();
+        let plots = plots::all(&r).unwrap();
+        let page = page(&r, &plots, "generated: now");
+        assert_eq!(page.matches("<table class=\"sortable\"").count(), 3);
+        assert_eq!(page.matches("<svg").count(), plots.len());
+        assert_eq!(
+            page.matches("<p id=\"generated\">generated: now</p>")
+                .count(),
+            1
+        );
+        assert!(!page.contains("http"), "the page must load nothing");
+    }
+
+    #[test]
+    fn text_is_escaped_and_code_spans_kept() {
+        assert_eq!(esc("a<b & \"c\">"), "a&lt;b &amp; &quot;c&quot;&gt;");
+        assert_eq!(inline("see `x<y`"), "see <code>x&lt;y</code>");
+    }
+}

@@ -571,3 +571,129 @@ pub fn phase(a: &Analysis, layer: usize) -> &'static str {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tests::fixture_results;
+
+    #[test]
+    fn verdicts_count_each_model_and_run_apart() {
+        let mut evals = fixture_results().evals;
+        let v = verdicts(&evals);
+        let runs: Vec<(&str, &[usize], usize)> = v
+            .iter()
+            .map(|v| (v.model.as_str(), &v.ablate[..], v.tasks))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                ("gemma3", &[][..], 4),
+                ("smollm2", &[][..], 4),
+                ("smollm2", &[12][..], 2)
+            ]
+        );
+        for v in &v {
+            assert_eq!(v.agree + v.disagreements.len(), v.tasks);
+        }
+        for r in &mut evals {
+            r.prediction.holds = r.task.name != "mr";
+        }
+        let v = verdicts(&evals);
+        assert!(v.iter().all(|v| v.disagreements.len() == 1));
+        assert!(v[0].disagreements[0].starts_with("mr (classification, expected intermediate)"));
+    }
+
+    #[test]
+    fn lower_is_better_metrics_peak_at_their_minimum() {
+        let evals = fixture_results().evals;
+        let perplexity = evals
+            .iter()
+            .find(|r| r.task.metric == "perplexity")
+            .unwrap();
+        assert!(!perplexity.task.higher_is_better);
+        assert_eq!(metric_label(perplexity), "perplexity ↓");
+        let lowest = perplexity
+            .layers
+            .iter()
+            .map(|l| l.score)
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(perplexity.peak.score, lowest);
+        // Gains are signed so that positive is better whatever the direction.
+        assert!(evals.iter().all(|r| r.peak_vs_final.gain >= 0.0));
+    }
+
+    #[test]
+    fn tables_sort_numbers_by_value_and_text_as_text() {
+        let t = scores_table(&fixture_results().evals);
+        assert_eq!(t.columns.len(), t.rows[0].len());
+        let col = |name: &str| t.columns.iter().position(|c| *c == name).unwrap();
+        assert!(t.numeric(col("peak depth")));
+        assert!(t.numeric(col("peak score [95% CI]")));
+        assert!(!t.numeric(col("model")));
+        // The peak layer shows "11 / 30" but sorts as 11.
+        let peak = &t.rows[0][col("peak layer")];
+        assert!(peak.text.starts_with(&format!("{} / ", peak.sort.unwrap())));
+        let md = t.markdown();
+        assert_eq!(md.lines().count(), 2 + t.rows.len());
+        assert!(md.lines().nth(1).unwrap().contains("---:|"));
+    }
+
+    #[test]
+    fn csv_has_one_row_per_layer_and_exact_numbers() {
+        let r = fixture_results();
+        let csv = results_csv(&r.evals).unwrap();
+        let layers: usize = r.evals.iter().map(|e| e.layers.len()).sum();
+        assert_eq!(csv.lines().count(), 1 + layers);
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let first = reader.records().next().unwrap().unwrap();
+        let score: f64 = first[10].parse().unwrap();
+        assert_eq!(score, r.evals[0].layers[0].score);
+        let analyses = analyze_csv(&r.analyses).unwrap();
+        let rows: usize = r
+            .analyses
+            .iter()
+            .map(|a| a.layers.len() + a.ablation.as_ref().map_or(0, |b| b.layers.len()))
+            .sum();
+        assert_eq!(analyses.lines().count(), 1 + rows);
+    }
+
+    #[test]
+    fn csv_numbers_round_trip_and_stay_short() {
+        for (x, text) in [
+            (0.0, "0"),
+            (0.75, "0.75"),
+            (58.84, "58.84"),
+            (1.5e218, "1.5e218"),
+            (2.5e-7, "2.5e-7"),
+        ] {
+            assert_eq!(csv_number(x), text);
+            assert_eq!(text.parse::<f64>().unwrap(), x);
+        }
+    }
+
+    #[test]
+    fn the_generated_line_holds_every_timestamp() {
+        let r = fixture_results();
+        let line = generated(&r, "2030-01-01T00:00:00Z");
+        assert!(line.starts_with("generated: 2030-01-01T00:00:00Z "));
+        let first = r.evals.iter().map(|e| e.created.as_str()).min().unwrap();
+        assert!(line.contains(first));
+        let md = markdown(&r, &[], &line);
+        assert_eq!(md.matches("2030-01-01").count(), 1);
+        assert_eq!(
+            md.lines().filter(|l| l.starts_with("generated:")).count(),
+            1
+        );
+    }
+
+    #[test]
+    fn phases_follow_the_compress_span() {
+        let r = fixture_results();
+        let a = &r.analyses[1];
+        let c = a.phases.compress;
+        assert_eq!(phase(a, c.first), "compress");
+        assert_eq!(phase(a, c.last), "compress");
+        assert_eq!(phase(a, 0), "mix");
+        assert_eq!(phase(a, a.model.num_layers), "refine");
+    }
+}

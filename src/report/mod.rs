@@ -382,3 +382,53 @@ pub fn analyze_table(r: &AnalyzeResult) -> String {
     out
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed results: real runs of both shipped models, small.
+    pub(super) fn fixture_results() -> Results {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/results");
+        load(&dir).expect("fixture results load")
+    }
+
+    #[test]
+    fn fixtures_load_in_report_order_without_warnings() {
+        let r = fixture_results();
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        let keys: Vec<(&str, &str, &[usize])> = r
+            .evals
+            .iter()
+            .map(|e| {
+                (
+                    e.task.name.as_str(),
+                    e.model.name.as_str(),
+                    &e.settings.ablate[..],
+                )
+            })
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert!(keys.contains(&("mr", "smollm2", &[12][..])));
+        assert_eq!(r.models(), ["gemma3", "smollm2"]);
+        assert_eq!(r.tasks(), ["austen", "boolq-retrieval", "lee-sts", "mr"]);
+        assert_eq!(r.analyses.len(), 2);
+    }
+
+    #[test]
+    fn run_labels_name_the_ablated_blocks() {
+        assert_eq!(run_label(&[]), "baseline");
+        assert_eq!(run_label(&[12]), "ablated in block 12");
+        assert_eq!(run_label(&[1, 2]), "ablated in blocks 1, 2");
+    }
+
+    #[test]
+    fn short_numbers_keep_three_digits() {
+        assert_eq!(short(None), "-");
+        assert_eq!(short(Some(0.0)), "0");
+        assert_eq!(short(Some(0.12345)), "0.123");
+        assert_eq!(short(Some(123.45)), "123");
+        assert_eq!(short(Some(24_000.0)), "2.40e4");
+    }
+}

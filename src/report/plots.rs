@@ -511,3 +511,68 @@ fn analysis_plot(a: &Analysis, colour: RGBColor) -> Result<Plot> {
     })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tests::fixture_results;
+
+    #[test]
+    fn lines_break_where_values_are_missing_or_off_a_log_axis() {
+        let points = [
+            (0.0, Some(1.0)),
+            (0.1, None),
+            (0.2, Some(2.0)),
+            (0.3, Some(0.0)),
+        ];
+        assert_eq!(segments(points.into_iter(), false).len(), 2);
+        assert_eq!(
+            segments(points.into_iter(), true),
+            [vec![(0.0, 1.0)], vec![(0.2, 2.0)]]
+        );
+    }
+
+    #[test]
+    fn axes_go_logarithmic_only_over_two_decades() {
+        assert!(
+            matches!(y_axis([0.5, 0.9].into_iter()), YAxis::Linear(lo, hi) if lo < 0.5 && hi > 0.9)
+        );
+        assert!(matches!(y_axis([58.0, 1e48].into_iter()), YAxis::Log(..)));
+        assert!(matches!(
+            y_axis([-1.0, 1e48].into_iter()),
+            YAxis::Linear(..)
+        ));
+        assert!(matches!(
+            y_axis(std::iter::empty()),
+            YAxis::Linear(0.0, 1.0)
+        ));
+    }
+
+    #[test]
+    fn ticks_are_short() {
+        assert_eq!(tick(-0.0), "0");
+        assert_eq!(tick(0.5), "0.5");
+        assert_eq!(tick(1e48), "1e48");
+    }
+
+    #[test]
+    fn every_task_and_analysis_gets_a_plot_drawn_the_same_each_time() {
+        let r = fixture_results();
+        let plots = all(&r).unwrap();
+        let files: Vec<&str> = plots.iter().map(|p| p.file.as_str()).collect();
+        assert_eq!(
+            files,
+            [
+                "task-austen.svg",
+                "task-boolq-retrieval.svg",
+                "task-lee-sts.svg",
+                "task-mr.svg",
+                "analyze-gemma3.svg",
+                "analyze-smollm2.svg"
+            ]
+        );
+        // The ablated run is dashed beside the baseline.
+        let mr = &plots[3].svg;
+        assert!(mr.contains("smollm2, ablated in block 12"));
+        assert_eq!(plots, all(&r).unwrap());
+    }
+}
