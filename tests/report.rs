@@ -99,7 +99,10 @@ fn report_on_the_fixtures_writes_every_file() {
     assert_eq!(html.matches("<svg").count(), 6);
     for svg in EXPECTED.iter().filter(|f| f.ends_with(".svg")) {
         let text = std::fs::read_to_string(out.join(svg)).unwrap();
-        assert!(text.starts_with("<svg") && text.contains("<polyline"), "{svg}");
+        assert!(
+            text.starts_with("<svg") && text.contains("<polyline"),
+            "{svg}"
+        );
     }
 }
 
