@@ -44,6 +44,15 @@ enum Command {
     Embed(EmbedArgs),
     /// Score tasks at every layer and report where each peaks.
     Eval(EvalArgs),
+    /// Leaderboard, depth curves and layer analyses of every result, as Markdown, HTML, CSV and SVG.
+    Report {
+        /// Directory searched (recursively) for eval and analyze results.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        /// Where leaderboard.md, index.html, the CSV files and plots/ go.
+        #[arg(long, default_value = "reports")]
+        out: PathBuf,
+    },
     /// Per-layer diagnostics (first-token norm, massive activations, matrix entropy,
     /// attention sinks, mixing), the Mix/Compress/Refine phases and the first-token
     /// MLP ablation, written to DIR/<model>/analyze.json.
@@ -235,6 +244,15 @@ fn run(cli: Cli) -> Result<()> {
             out.save(&args.out, metadata)?;
         }
         Command::Eval(args) => eval(args, cli.quiet)?,
+        Command::Report { results, out } => {
+            let loaded = harness::report::load(&results)?;
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            for path in harness::report::write_report(&loaded, &out)? {
+                println!("wrote {}", path.display());
+            }
+        }
         Command::Analyze(args) => analyze(args, cli.quiet)?,
     }
     Ok(())

@@ -1,7 +1,24 @@
 //! Reports: everything the harness shows a person, as text tables (and, for the
 //! leaderboard, Markdown and HTML).
+//!
+//! `harness report` ([`load`], then [`write_report`]) turns a results directory into
+//! `leaderboard.md`, `index.html`, CSV files and SVG plots; `docs/report.md` describes
+//! them.
+
+pub mod analyze_view;
+pub mod html;
+pub mod leaderboard;
+pub mod plots;
+pub mod results;
 
 use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+pub use results::{load, Results};
+
+use crate::output::write_bytes_atomic;
 
 use crate::analyze::AnalyzeResult;
 use crate::eval::EvalResult;
@@ -161,6 +178,85 @@ fn fmt_score(x: f64) -> String {
         format!("{x:.4}")
     }
 }
+
+/// Blocks a run ablated, as "block 12" or "blocks 1, 2".
+fn blocks(ablate: &[usize]) -> String {
+    let list: Vec<String> = ablate.iter().map(usize::to_string).collect();
+    let noun = if list.len() == 1 { "block" } else { "blocks" };
+    format!("{noun} {}", list.join(", "))
+}
+
+/// How a run changed the model: "baseline", or the blocks whose first-token MLP
+/// output was zeroed.
+fn run_label(ablate: &[usize]) -> String {
+    if ablate.is_empty() {
+        "baseline".into()
+    } else {
+        format!("ablated in {}", blocks(ablate))
+    }
+}
+
+/// Writes the report of `results` into `out` and returns the files written. Every
+/// file is computed before the first is written, and each is written atomically.
+/// Plots of tasks or models that are no longer in the results are removed, so that
+/// `out` holds exactly one report.
+pub fn write_report(results: &Results, out: &Path) -> Result<Vec<PathBuf>> {
+    if results.evals.is_empty() && results.analyses.is_empty() {
+        bail!(
+            "no {} or {} results under {}",
+            crate::eval::SCHEMA,
+            crate::analyze::SCHEMA,
+            results.dir.display()
+        );
+    }
+    let plots = plots::all(results)?;
+    let generated = leaderboard::generated(results, &crate::eval::now_utc());
+    let mut files = vec![
+        (
+            out.join("leaderboard.md"),
+            leaderboard::markdown(results, &plots, &generated),
+        ),
+        (
+            out.join("index.html"),
+            html::page(results, &plots, &generated),
+        ),
+        (
+            out.join("results.csv"),
+            leaderboard::results_csv(&results.evals)?,
+        ),
+        (
+            out.join("analyze.csv"),
+            leaderboard::analyze_csv(&results.analyses)?,
+        ),
+    ];
+    let plot_dir = out.join("plots");
+    for p in &plots {
+        files.push((plot_dir.join(&p.file), p.svg.clone()));
+    }
+    remove_stale_plots(&plot_dir, &plots)?;
+    for (path, text) in &files {
+        write_bytes_atomic(path, text.as_bytes())?;
+    }
+    Ok(files.into_iter().map(|(path, _)| path).collect())
+}
+
+/// Removes plot files a previous report wrote that this one does not.
+fn remove_stale_plots(dir: &Path, plots: &[plots::Plot]) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours =
+            (name.starts_with("task-") || name.starts_with("analyze-")) && name.ends_with(".svg");
+        if ours && !plots.iter().any(|p| p.file == name) {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// A number in at most eight characters with about three significant digits.
 fn short(v: Option<f64>) -> String {
     match v {
@@ -284,4 +380,55 @@ pub fn analyze_table(r: &AnalyzeResult) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed results: real runs of both shipped models, small.
+    pub(super) fn fixture_results() -> Results {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/results");
+        load(&dir).expect("fixture results load")
+    }
+
+    #[test]
+    fn fixtures_load_in_report_order_without_warnings() {
+        let r = fixture_results();
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        let keys: Vec<(&str, &str, &[usize])> = r
+            .evals
+            .iter()
+            .map(|e| {
+                (
+                    e.task.name.as_str(),
+                    e.model.name.as_str(),
+                    &e.settings.ablate[..],
+                )
+            })
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert!(keys.contains(&("mr", "smollm2", &[12][..])));
+        assert_eq!(r.models(), ["gemma3", "smollm2"]);
+        assert_eq!(r.tasks(), ["austen", "boolq-retrieval", "lee-sts", "mr"]);
+        assert_eq!(r.analyses.len(), 2);
+    }
+
+    #[test]
+    fn run_labels_name_the_ablated_blocks() {
+        assert_eq!(run_label(&[]), "baseline");
+        assert_eq!(run_label(&[12]), "ablated in block 12");
+        assert_eq!(run_label(&[1, 2]), "ablated in blocks 1, 2");
+    }
+
+    #[test]
+    fn short_numbers_keep_three_digits() {
+        assert_eq!(short(None), "-");
+        assert_eq!(short(Some(0.0)), "0");
+        assert_eq!(short(Some(0.12345)), "0.123");
+        assert_eq!(short(Some(123.45)), "123");
+        assert_eq!(short(Some(24_000.0)), "2.40e4");
+    }
 }
