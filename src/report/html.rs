@@ -146,6 +146,13 @@ pub fn page(results: &Results, plots: &[Plot], generated: &str) -> String {
     let mut sections = Vec::new();
     let mut body = String::new();
     if !results.evals.is_empty() {
+        sections.push(("leaderboard", "Leaderboard"));
+        let _ = write!(
+            body,
+            "<section id=\"leaderboard\"><h2>Leaderboard</h2>\n<p class=\"note\">{}</p>\n{}</section>\n",
+            inline(leaderboard::GRID_NOTE),
+            table("grid-table", &leaderboard::grid_table(&results.evals))
+        );
         sections.push(("scores", "Scores"));
         let _ = write!(
             body,
@@ -240,7 +247,7 @@ mod tests {
         let r = fixture_results();
         let plots = plots::all(&r).unwrap();
         let page = page(&r, &plots, "generated: now");
-        assert_eq!(page.matches("<table class=\"sortable\"").count(), 3);
+        assert_eq!(page.matches("<table class=\"sortable\"").count(), 4);
         assert_eq!(page.matches("<svg").count(), plots.len());
         assert_eq!(
             page.matches("<p id=\"generated\">generated: now</p>")

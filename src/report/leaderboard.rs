@@ -38,7 +38,7 @@ impl Cell {
 /// Rows of cells under column titles.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
-    pub columns: Vec<&'static str>,
+    pub columns: Vec<String>,
     pub rows: Vec<Vec<Cell>>,
 }
 
@@ -62,6 +62,56 @@ impl Table {
         out
     }
 }
+
+fn names(columns: &[&str]) -> Vec<String> {
+    columns.iter().map(|c| c.to_string()).collect()
+}
+
+/// The leaderboard proper: models across, tasks (and ablated runs) down; each cell
+/// the peak score, its layer and relative depth, and the final layer's score, sorting
+/// by the peak score.
+pub fn grid_table(evals: &[EvalResult]) -> Table {
+    let mut models: Vec<&str> = evals.iter().map(|r| r.model.name.as_str()).collect();
+    models.sort_unstable();
+    models.dedup();
+    // Keyed so that each task's baseline comes before its ablated runs.
+    let mut rows: BTreeMap<(&str, bool, String), (String, Vec<Cell>)> = BTreeMap::new();
+    for r in evals {
+        let run = run_label(&r.settings.ablate);
+        let (_, cells) = rows
+            .entry((r.task.name.as_str(), !r.settings.ablate.is_empty(), run))
+            .or_insert_with(|| (metric_label(r), vec![Cell::text("–"); models.len()]));
+        let column = models
+            .binary_search(&r.model.name.as_str())
+            .expect("listed above");
+        cells[column] = Cell::number(
+            format!(
+                "{} @ {} ({:.2}); final {}",
+                fmt_score(r.peak.score),
+                r.peak.layer,
+                r.peak.relative_depth,
+                fmt_score(r.last.score)
+            ),
+            r.peak.score,
+        );
+    }
+    let mut columns = names(&["task", "metric", "run"]);
+    columns.extend(models.iter().map(|m| m.to_string()));
+    let rows = rows
+        .into_iter()
+        .map(|((task, _, run), (metric, cells))| {
+            let mut row = vec![Cell::text(task), Cell::text(metric), Cell::text(run)];
+            row.extend(cells);
+            row
+        })
+        .collect();
+    Table { columns, rows }
+}
+
+/// What the grid's cells say.
+pub const GRID_NOTE: &str = "Models across, tasks down. Each cell: the best score over layers @ its layer \
+(its relative depth, layer over blocks); then the final layer's score. Intervals, gains and tests are in \
+the table below.";
 
 /// The metric's name with the direction that is better.
 pub fn metric_label(r: &EvalResult) -> String {
@@ -140,7 +190,7 @@ pub fn scores_table(evals: &[EvalResult]) -> Table {
         })
         .collect();
     Table {
-        columns: vec![
+        columns: names(&[
             "task",
             "kind",
             "metric",
@@ -154,7 +204,7 @@ pub fn scores_table(evals: &[EvalResult]) -> Table {
             "peak − final [95% CI]",
             "p",
             "prediction",
-        ],
+        ]),
         rows,
     }
 }
@@ -236,7 +286,7 @@ pub fn verdict_table(verdicts: &[Verdict]) -> Table {
         })
         .collect();
     Table {
-        columns: vec!["model", "run", "tasks", "agree", "disagree", "verdict"],
+        columns: names(&["model", "run", "tasks", "agree", "disagree", "verdict"]),
         rows,
     }
 }
@@ -340,7 +390,7 @@ pub fn phases_table(analyses: &[Analysis]) -> Table {
         })
         .collect();
     Table {
-        columns: vec![
+        columns: names(&[
             "model",
             "blocks",
             "prompts / tokens",
@@ -351,7 +401,7 @@ pub fn phases_table(analyses: &[Analysis]) -> Table {
             "min normalised entropy",
             "sink rate in Compress",
             "ablation: loss (nats)",
-        ],
+        ]),
         rows,
     }
 }
@@ -394,6 +444,9 @@ pub fn markdown(results: &Results, plots: &[Plot], generated: &str) -> String {
     let mut out = String::from("# What every layer is good for\n\n");
     let _ = writeln!(out, "{}\n", overview(results));
     if !results.evals.is_empty() {
+        let _ = writeln!(out, "## Leaderboard\n\n{GRID_NOTE}\n");
+        out.push_str(&grid_table(&results.evals).markdown());
+        out.push('\n');
         let _ = writeln!(out, "## Scores by layer\n\n{SCORES_NOTE}\n");
         out.push_str(&scores_table(&results.evals).markdown());
         out.push('\n');
@@ -575,6 +628,43 @@ pub fn phase(a: &Analysis, layer: usize) -> &'static str {
 mod tests {
     use super::*;
     use crate::report::tests::fixture_results;
+
+    #[test]
+    fn the_grid_has_a_column_per_model_and_a_row_per_task_and_run() {
+        let t = grid_table(&fixture_results().evals);
+        assert_eq!(t.columns, ["task", "metric", "run", "gemma3", "smollm2"]);
+        let rows: Vec<(&str, &str)> = t
+            .rows
+            .iter()
+            .map(|r| (r[0].text.as_str(), r[2].text.as_str()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("austen", "baseline"),
+                ("austen", "ablated in block 12"),
+                ("boolq-retrieval", "baseline"),
+                ("lee-sts", "baseline"),
+                ("mr", "baseline"),
+                ("mr", "ablated in block 12"),
+            ]
+        );
+        // gemma3 has no ablated runs; smollm2's mr peak is its best layer.
+        assert_eq!(t.rows[1][3].text, "–");
+        let mr = fixture_results()
+            .evals
+            .into_iter()
+            .find(|r| {
+                r.model.name == "smollm2" && r.task.name == "mr" && r.settings.ablate.is_empty()
+            })
+            .unwrap();
+        assert_eq!(t.rows[4][4].sort, Some(mr.peak.score));
+        assert!(t.rows[4][4].text.starts_with(&format!(
+            "{} @ {} ",
+            fmt_score(mr.peak.score),
+            mr.peak.layer
+        )));
+    }
 
     #[test]
     fn verdicts_count_each_model_and_run_apart() {
