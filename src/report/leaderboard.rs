@@ -10,6 +10,7 @@ use super::analyze_view::{Analysis, LayerStats, Span};
 use super::plots::Plot;
 use super::results::Results;
 use super::{blocks, fmt_score, run_label, short};
+use crate::diagnostics::{AttentionMetrics, ResidMetrics};
 use crate::eval::EvalResult;
 
 /// A table cell: what it shows and, for numbers, the value it sorts by.
@@ -551,24 +552,13 @@ pub fn results_csv(evals: &[EvalResult]) -> Result<String> {
     Ok(String::from_utf8(w.into_inner()?)?)
 }
 
-/// The analyze metrics `analyze.csv` carries (means over prompts).
-const ANALYZE_COLUMNS: [&str; 15] = [
-    "first_norm",
-    "norm_ratio",
-    "first_over_median",
-    "massive_count",
-    "anisotropy",
-    "dominance",
-    "entropy_bits",
-    "entropy_normalized",
-    "entropy_centered_bits",
-    "entropy_bound_bits",
-    "bound_holds",
-    "sink_rate",
-    "sink_rate_gu",
-    "mixing",
-    "colsum",
-];
+/// The analyze metrics `analyze.csv` carries (means over prompts): all of them, in
+/// `analyze.json`'s order.
+fn analyze_columns() -> impl Iterator<Item = &'static str> + Clone {
+    ResidMetrics::NAMES
+        .into_iter()
+        .chain(AttentionMetrics::NAMES)
+}
 
 /// `analyze.csv`: one row per model, run (baseline or ablated) and layer; a metric
 /// a layer does not have is an empty cell.
@@ -582,7 +572,7 @@ pub fn analyze_csv(analyses: &[Analysis]) -> Result<String> {
         "relative_depth",
         "phase",
     ];
-    header.extend(ANALYZE_COLUMNS);
+    header.extend(analyze_columns());
     w.write_record(&header)?;
     for a in analyses {
         let mut runs = vec![(&a.layers, String::new())];
@@ -601,9 +591,7 @@ pub fn analyze_csv(analyses: &[Analysis]) -> Result<String> {
                     phase(a, l.layer).into(),
                 ];
                 record.extend(
-                    ANALYZE_COLUMNS
-                        .iter()
-                        .map(|m| l.get(m).map(csv_number).unwrap_or_default()),
+                    analyze_columns().map(|m| l.get(m).map(csv_number).unwrap_or_default()),
                 );
                 w.write_record(&record)?;
             }
