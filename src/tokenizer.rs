@@ -405,47 +405,47 @@ fn bos_template(token: &str, id: u32) -> Result<PostProcessorWrapper> {
 struct Metadata<'a>(&'a HashMap<String, Value>);
 
 impl<'a> Metadata<'a> {
-    fn string(&self, key: &str) -> Result<Option<&'a str>> {
-        self.0
-            .get(key)
-            .map(|v| match v {
-                Value::String(s) => Ok(s.as_str()),
-                other => bail!("GGUF {key} should be a string, found {}", type_name(other)),
-            })
-            .transpose()
-    }
-
-    fn bool(&self, key: &str) -> Result<Option<bool>> {
-        self.0
-            .get(key)
-            .map(|v| match v {
-                Value::Bool(b) => Ok(*b),
-                other => bail!("GGUF {key} should be a bool, found {}", type_name(other)),
-            })
-            .transpose()
-    }
-
-    fn uint(&self, key: &str) -> Result<Option<u32>> {
+    /// The value at `key` if present, read by `read`, which returns `None` when the
+    /// value is not `what`.
+    fn typed<T>(
+        &self,
+        key: &str,
+        what: &str,
+        read: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>> {
         self.0
             .get(key)
             .map(|v| {
-                integer(v)
-                    .and_then(|i| u32::try_from(i).ok())
-                    .ok_or_else(|| {
-                        anyhow!("GGUF {key} should be a token id, found {}", describe(v))
-                    })
+                read(v).ok_or_else(|| anyhow!("GGUF {key} should be {what}, found {}", describe(v)))
             })
             .transpose()
     }
 
+    fn string(&self, key: &str) -> Result<Option<&'a str>> {
+        self.typed(key, "a string", |v| match v {
+            Value::String(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>> {
+        self.typed(key, "a bool", |v| match v {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        })
+    }
+
+    fn uint(&self, key: &str) -> Result<Option<u32>> {
+        self.typed(key, "a token id", |v| {
+            integer(v).and_then(|i| u32::try_from(i).ok())
+        })
+    }
+
     fn array(&self, key: &str) -> Result<Option<&'a [Value]>> {
-        self.0
-            .get(key)
-            .map(|v| match v {
-                Value::Array(items) => Ok(items.as_slice()),
-                other => bail!("GGUF {key} should be an array, found {}", type_name(other)),
-            })
-            .transpose()
+        self.typed(key, "an array", |v| match v {
+            Value::Array(items) => Some(items.as_slice()),
+            _ => None,
+        })
     }
 
     fn strings(&self, key: &str) -> Result<Option<Vec<&'a str>>> {
