@@ -13,8 +13,7 @@ cargo build --release --quiet
 harness=${HARNESS_BIN:-target/release/harness}
 for m in "${models[@]}"; do
   "$harness" eval --model "$m" --task mr,tweets,topics --limit 2000 --out "$results"
-  "$harness" eval --model "$m" --task imdb --limit 400 --out "$results"
-  "$harness" eval --model "$m" --task boolq-retrieval,boolq,austen,lee-sts --out "$results"
+  "$harness" eval --model "$m" --task imdb,boolq-retrieval,boolq,austen,lee-sts --out "$results"
   # The same subsets again with the first token's MLP write removed (analyze's auto block).
   "$harness" eval --model "$m" --task mr --limit 2000 --ablate auto --out "$results"
   "$harness" eval --model "$m" --task lee-sts --ablate auto --out "$results"
