@@ -2,7 +2,7 @@
 # Regenerates the committed leaderboard: every shipped task (sst2 needs the network, so
 # `mr` stands in for it) and `analyze --ablate auto` on both shipped models, then the
 # report. Usage: scripts/leaderboard.sh [MODEL...]   (default: smollm2 gemma3)
-# The limits keep one model near 30 minutes on 2 cores (topics, 21 classes, is half of it); the seed is the default (0).
+# One model takes about 45 minutes on 2 cores; the seed is the default (0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 models=("${@:-smollm2 gemma3}")
