@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::assets;
 use crate::hub::{Hub, HubRepo};
-use crate::models::{self, Transformer};
+use crate::models::{self, ModelConfig, Transformer};
 use crate::tokenizer::TextTokenizer;
 
 /// Where a model's weights are stored.
@@ -50,15 +50,9 @@ pub struct LoadedModel {
 #[derive(Debug, Serialize)]
 pub struct ModelInfo {
     pub name: String,
-    pub architecture: String,
-    pub num_layers: usize,
-    pub hidden_size: usize,
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
-    pub intermediate_size: usize,
-    pub vocab_size: usize,
-    pub context_length: usize,
+    /// Inline, so that the JSON lists the shape beside the name.
+    #[serde(flatten)]
+    pub config: ModelConfig,
     pub bos_token_id: Option<u32>,
     pub add_bos_token: bool,
     pub source: String,
@@ -196,18 +190,9 @@ fn safetensors_types(dir: &hf::HfDir) -> Result<BTreeMap<String, usize>> {
 
 impl LoadedModel {
     pub fn info(&self) -> ModelInfo {
-        let c = &self.model.config;
         ModelInfo {
             name: self.source.name.clone(),
-            architecture: c.architecture.clone(),
-            num_layers: c.num_layers,
-            hidden_size: c.hidden_size,
-            num_heads: c.num_heads,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-            intermediate_size: c.intermediate_size,
-            vocab_size: c.vocab_size,
-            context_length: c.context_length,
+            config: self.model.config.clone(),
             bos_token_id: self.tokenizer.bos_id(),
             add_bos_token: self.tokenizer.add_bos_default(),
             source: self.source.path.display().to_string(),
