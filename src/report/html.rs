@@ -139,6 +139,15 @@ fn figure(p: &Plot) -> String {
     )
 }
 
+/// A section's opening: its anchor, heading and explanatory note.
+fn section_open(id: &str, title: &str, note: &str) -> String {
+    format!(
+        "<section id=\"{id}\"><h2>{}</h2>\n<p class=\"note\">{}</p>\n",
+        esc(title),
+        inline(note)
+    )
+}
+
 /// The whole page.
 pub fn page(results: &Results, plots: &[Plot], generated: &str) -> String {
     let (task_plots, analysis_plots): (Vec<&Plot>, Vec<&Plot>) =
@@ -147,27 +156,38 @@ pub fn page(results: &Results, plots: &[Plot], generated: &str) -> String {
     let mut body = String::new();
     if !results.evals.is_empty() {
         sections.push(("leaderboard", "Leaderboard"));
-        let _ = write!(
-            body,
-            "<section id=\"leaderboard\"><h2>Leaderboard</h2>\n<p class=\"note\">{}</p>\n{}</section>\n",
-            inline(leaderboard::GRID_NOTE),
-            table("grid-table", &leaderboard::grid_table(&results.evals))
-        );
+        body.push_str(&section_open(
+            "leaderboard",
+            "Leaderboard",
+            leaderboard::GRID_NOTE,
+        ));
+        body.push_str(&table(
+            "grid-table",
+            &leaderboard::grid_table(&results.evals),
+        ));
+        body.push_str("</section>\n");
         sections.push(("scores", "Scores"));
-        let _ = write!(
-            body,
-            "<section id=\"scores\"><h2>Scores by layer</h2>\n<p class=\"note\">{}</p>\n{}</section>\n",
-            inline(leaderboard::SCORES_NOTE),
-            table("scores-table", &leaderboard::scores_table(&results.evals))
-        );
+        body.push_str(&section_open(
+            "scores",
+            "Scores by layer",
+            leaderboard::SCORES_NOTE,
+        ));
+        body.push_str(&table(
+            "scores-table",
+            &leaderboard::scores_table(&results.evals),
+        ));
+        body.push_str("</section>\n");
         sections.push(("prediction", "Prediction"));
         let verdicts = leaderboard::verdicts(&results.evals);
-        let _ = write!(
-            body,
-            "<section id=\"prediction\"><h2>The paper's prediction</h2>\n<p class=\"note\">{}</p>\n{}",
-            inline(leaderboard::VERDICT_NOTE),
-            table("verdict-table", &leaderboard::verdict_table(&verdicts))
-        );
+        body.push_str(&section_open(
+            "prediction",
+            "The paper's prediction",
+            leaderboard::VERDICT_NOTE,
+        ));
+        body.push_str(&table(
+            "verdict-table",
+            &leaderboard::verdict_table(&verdicts),
+        ));
         for v in verdicts.iter().filter(|v| !v.disagreements.is_empty()) {
             let _ = write!(
                 body,
@@ -184,12 +204,16 @@ pub fn page(results: &Results, plots: &[Plot], generated: &str) -> String {
     }
     if !results.analyses.is_empty() {
         sections.push(("phases", "Phases"));
-        let _ = write!(
-            body,
-            "<section id=\"phases\"><h2>Mix, Compress, Refine</h2>\n<p class=\"note\">{}</p>\n{}</section>\n",
-            inline(leaderboard::PHASES_NOTE),
-            table("phases-table", &leaderboard::phases_table(&results.analyses))
-        );
+        body.push_str(&section_open(
+            "phases",
+            "Mix, Compress, Refine",
+            leaderboard::PHASES_NOTE,
+        ));
+        body.push_str(&table(
+            "phases-table",
+            &leaderboard::phases_table(&results.analyses),
+        ));
+        body.push_str("</section>\n");
     }
     for (id, short, title, figures) in [
         (
