@@ -213,3 +213,51 @@ fn an_empty_or_missing_results_directory_is_an_error_that_writes_nothing() {
     assert_fails_with(&run, "no harness.eval/1 or harness.analyze/1 results", &out);
     assert!(stderr(&run).starts_with("warning: skipping "));
 }
+
+#[test]
+fn results_that_contradict_themselves_are_skipped_by_name() {
+    let dir = scratch("invalid");
+    let results = dir.join("results");
+    copy_fixtures(&results);
+    let mr: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.join("gemma3/mr.json")).unwrap())
+            .unwrap();
+    let bad = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut r = mr.clone();
+        edit(&mut r);
+        let path = results.join(format!("gemma3/{name}.json"));
+        std::fs::write(&path, r.to_string()).unwrap();
+        path
+    };
+    let bad_files = [
+        (
+            bad("a-peak", &|r| r["peak"]["layer"] = 99.into()),
+            "peak layer 99",
+        ),
+        (
+            bad("b-empty", &|r| r["layers"] = serde_json::json!([])),
+            "no layers",
+        ),
+        (
+            bad("c-gap", &|r| {
+                r["layers"].as_array_mut().unwrap().remove(3);
+            }),
+            "layer 4 where layer 3",
+        ),
+    ];
+    let out = dir.join("report");
+    let run = report(&results, &out);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let err = stderr(&run);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), bad_files.len(), "{err}");
+    for ((path, why), line) in bad_files.iter().zip(&lines) {
+        assert!(
+            line.starts_with(&format!("warning: skipping {}: ", path.display())),
+            "{err}"
+        );
+        assert!(line.contains(why), "expected '{why}' in: {line}");
+    }
+    assert_full_report(&out);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -170,6 +170,44 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// Why an eval result cannot be drawn, if it cannot: every plot and table indexes
+/// its layers by number and trusts the peak and final layer to be among them.
+fn consistent(r: &EvalResult) -> std::result::Result<(), String> {
+    let n = r.layers.len();
+    if n == 0 {
+        return Err("it has no layers".into());
+    }
+    if let Some((i, l)) = r.layers.iter().enumerate().find(|(i, l)| l.layer != *i) {
+        return Err(format!(
+            "it lists layer {} where layer {i} belongs",
+            l.layer
+        ));
+    }
+    if n != r.model.num_layers + 1 {
+        return Err(format!(
+            "it has {n} layers, but its model has {} blocks (and the embeddings)",
+            r.model.num_layers
+        ));
+    }
+    for (what, point) in [("peak", &r.peak), ("final", &r.last)] {
+        if point.layer >= n {
+            return Err(format!(
+                "its {what} layer {} is outside its layers 0..={}",
+                point.layer,
+                n - 1
+            ));
+        }
+    }
+    if r.last.layer != n - 1 {
+        return Err(format!(
+            "its final layer {} is not its last layer {}",
+            r.last.layer,
+            n - 1
+        ));
+    }
+    Ok(())
+}
+
 enum Parsed {
     Eval(Box<EvalResult>),
     Analysis(Box<Analysis>),
@@ -187,9 +225,11 @@ fn parse(path: &Path) -> std::result::Result<Parsed, String> {
         .to_string();
     let invalid = |e: serde_json::Error| format!("not a valid {schema} file ({e})");
     match schema.as_str() {
-        eval::SCHEMA => serde_json::from_value(value)
-            .map(|r| Parsed::Eval(Box::new(r)))
-            .map_err(invalid),
+        eval::SCHEMA => {
+            let r: EvalResult = serde_json::from_value(value).map_err(invalid)?;
+            consistent(&r)?;
+            Ok(Parsed::Eval(Box::new(r)))
+        }
         analyze::SCHEMA => serde_json::from_value(value)
             .map(|a| Parsed::Analysis(Box::new(a)))
             .map_err(invalid),
