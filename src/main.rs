@@ -200,7 +200,7 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect { model, json } => {
-            let loaded = harness::loader::load(&model)?;
+            let loaded = load_model(&model)?;
             let info = loaded.info();
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
@@ -209,7 +209,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Embed(args) => {
-            let loaded = harness::loader::load(&args.model)?;
+            let loaded = load_model(&args.model)?;
             let texts = harness::datasets::read_lines(&args.input)?;
             let progress = Progress::new("embed", "tokens", cli.quiet);
             let out = embed::embed_texts(
@@ -277,7 +277,7 @@ fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
         .map(|t| harness::tasks::load(t))
         .collect::<Result<Vec<_>>>()?;
     let ablate = parse_ablate(args.ablate.as_deref())?;
-    let model = harness::loader::load(args.model.as_deref().unwrap_or_default())?;
+    let model = load_model(args.model.as_deref().unwrap_or_default())?;
     let (plan, encoding) = (args.run.plan(), args.run.encoding());
     let ablate_first_mlp = match &ablate {
         None => Vec::new(),
@@ -324,7 +324,7 @@ fn analyze(args: AnalyzeArgs, quiet: bool) -> Result<()> {
             args.max_tokens,
         )?,
     };
-    let loaded = harness::loader::load(&args.model)?;
+    let loaded = load_model(&args.model)?;
     let opts = AnalyzeOptions {
         encoding: args.run.encoding(),
         max_tokens: args.max_tokens,
@@ -338,6 +338,15 @@ fn analyze(args: AnalyzeArgs, quiet: bool) -> Result<()> {
     print!("{}", harness::report::analyze_table(&result));
     eprintln!("wrote {} ({:.1}s)", path.display(), result.settings.seconds);
     Ok(())
+}
+
+/// Loads a model, passing on what the loader has to say about its checkpoint.
+fn load_model(spec: &str) -> Result<harness::loader::LoadedModel> {
+    let loaded = harness::loader::load(spec)?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(loaded)
 }
 
 fn parse_ablate(value: Option<&str>) -> Result<Option<Ablate>> {

@@ -325,3 +325,50 @@ fn harness_home() -> PathBuf {
         None => PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/harness"),
     }
 }
+
+#[test]
+fn config_sizes_of_zero_are_refused_for_every_architecture() {
+    let dir = scratch("zero");
+    for (fixture, key) in [
+        ("tiny-llama", "num_attention_heads"),
+        ("tiny-mistral", "num_key_value_heads"),
+        ("tiny-qwen2", "hidden_size"),
+        ("tiny-gemma3", "num_attention_heads"),
+        ("tiny-gemma3", "sliding_window_pattern"),
+        ("tiny-gpt_neox", "num_attention_heads"),
+        ("tiny-gpt2", "n_head"),
+        ("tiny-gpt2", "n_positions"),
+        ("tiny-llama", "vocab_size"),
+        ("tiny-llama", "num_hidden_layers"),
+        ("tiny-llama", "intermediate_size"),
+    ] {
+        let model = tiny_copy(&dir, fixture, |c| {
+            c[key] = 0.into();
+            // The pattern only counts when no layer list is given.
+            if key == "sliding_window_pattern" {
+                c.as_object_mut().unwrap().remove("layer_types");
+            }
+        });
+        let out = harness(&["inspect", "--model", model.to_str().unwrap()]);
+        assert_fails_with(&out, &format!("{key} is 0"));
+        std::fs::remove_dir_all(&model).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn weights_the_config_leaves_unused_are_an_error_naming_them() {
+    let dir = scratch("unused");
+    for (fixture, key, unused) in [
+        ("tiny-llama", "num_hidden_layers", "model.layers.2."),
+        ("tiny-gpt2", "n_layer", "transformer.h.2."),
+        ("tiny-gpt_neox", "num_hidden_layers", "gpt_neox.layers.2."),
+    ] {
+        let model = tiny_copy(&dir, fixture, |c| c[key] = 2.into());
+        let out = harness(&["inspect", "--model", model.to_str().unwrap()]);
+        assert_fails_with(&out, "not used by the model");
+        assert!(stderr(&out).contains(unused), "{}", stderr(&out));
+        std::fs::remove_dir_all(&model).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

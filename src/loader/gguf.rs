@@ -13,11 +13,15 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
+use super::reads::Reads;
+
 /// An open GGUF file.
 pub struct GgufFile {
     pub path: PathBuf,
     pub content: Content,
     reader: Mutex<BufReader<File>>,
+    /// GGUF names of the tensors the model's builder read.
+    reads: Reads,
 }
 
 /// How one family names its tensors in GGUF (`blk.N.<gguf>`) and in Hugging Face
@@ -41,6 +45,7 @@ impl GgufFile {
             path: path.to_path_buf(),
             content,
             reader: Mutex::new(reader),
+            reads: Reads::default(),
         })
     }
 
@@ -75,9 +80,22 @@ impl GgufFile {
         Ok(n as usize)
     }
 
-    pub fn arch_usize_or(&self, key: &str, default: usize) -> Result<usize> {
+    /// A size under `<architecture>.<key>`, refused when 0: shapes are computed
+    /// from it (a zero head count would divide by zero).
+    pub fn arch_size(&self, key: &str) -> Result<usize> {
+        match self.arch_usize(key)? {
+            0 => bail!(
+                "{}: metadata '{}.{key}' is 0; it must be at least 1",
+                self.path.display(),
+                self.architecture()
+            ),
+            n => Ok(n),
+        }
+    }
+
+    pub fn arch_size_or(&self, key: &str, default: usize) -> Result<usize> {
         if self.has_arch_key(key) {
-            self.arch_usize(key)
+            self.arch_size(key)
         } else {
             Ok(default)
         }
@@ -141,7 +159,13 @@ impl GgufFile {
         )
     }
 
+    /// The file's tensors that no builder has read, sorted.
+    pub fn unread(&self) -> Vec<String> {
+        self.reads.unread(self.content.tensor_infos.keys().cloned())
+    }
+
     fn read_f32(&self, gguf_name: &str) -> Result<Tensor> {
+        self.reads.mark(gguf_name);
         let mut reader = self
             .reader
             .lock()

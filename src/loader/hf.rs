@@ -3,14 +3,19 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
+
+use super::reads::{Reads, Recording};
 
 /// A local directory holding a model in Hugging Face's layout.
 pub struct HfDir {
     pub path: PathBuf,
     config: serde_json::Value,
+    /// The tensors the model's builder read.
+    reads: Reads,
 }
 
 impl HfDir {
@@ -23,6 +28,7 @@ impl HfDir {
         Ok(Self {
             path: path.to_path_buf(),
             config,
+            reads: Reads::default(),
         })
     }
 
@@ -74,7 +80,8 @@ impl HfDir {
         )
     }
 
-    /// Weights as f32, read from memory-mapped safetensors files on demand.
+    /// Weights as f32, read from memory-mapped safetensors files on demand; the
+    /// names read are recorded for [`HfDir::unread`].
     pub fn var_builder(&self) -> Result<VarBuilder<'static>> {
         let files = self.weight_files()?;
         for f in &files {
@@ -83,14 +90,29 @@ impl HfDir {
             }
         }
         // SAFETY: the files are only read; the mapping lives as long as the builder.
-        unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.map_err(
-            |e| {
-                anyhow!(
-                    "cannot read the weights in {} (truncated or corrupt safetensors?): {e}",
-                    self.path.display()
-                )
-            },
-        )
+        let tensors = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
+            anyhow!(
+                "cannot read the weights in {} (truncated or corrupt safetensors?): {e}",
+                self.path.display()
+            )
+        })?;
+        let backend = Recording {
+            inner: tensors,
+            reads: self.reads.clone(),
+        };
+        Ok(VarBuilder::from_backend(
+            Box::new(backend),
+            DType::F32,
+            Device::Cpu,
+        ))
+    }
+
+    /// The tensors of the weight files that no builder has read, sorted.
+    pub fn unread(&self) -> Result<Vec<String>> {
+        let names = super::safetensors_headers(self)?
+            .into_iter()
+            .map(|(name, _)| name);
+        Ok(self.reads.unread(names))
     }
 
     pub fn tokenizer_path(&self) -> PathBuf {

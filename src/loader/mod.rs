@@ -3,6 +3,7 @@
 
 pub mod gguf;
 pub mod hf;
+mod reads;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -44,6 +45,8 @@ pub struct LoadedModel {
     pub tokenizer: TextTokenizer,
     /// Tensor counts per storage type.
     pub weight_types: BTreeMap<String, usize>,
+    /// What the user should know about the checkpoint, one line each.
+    pub warnings: Vec<String>,
 }
 
 /// What `harness inspect` reports.
@@ -129,8 +132,10 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
                 .with_context(|| format!("building the tokenizer of {}", source.path.display()))?;
             let model = models::from_gguf(&file)
                 .with_context(|| format!("loading {}", source.path.display()))?;
+            let warnings = reads::check_unread(&source.path, file.unread())?;
             Ok(LoadedModel {
                 weight_types: file.weight_types(),
+                warnings,
                 source,
                 model,
                 tokenizer,
@@ -145,21 +150,26 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
             let tokenizer =
                 TextTokenizer::from_file(&tokenizer_path, dir.tokenizer_config_path().as_deref())?;
             let model = models::from_hf(&dir)?;
-            let weight_types = safetensors_types(&dir)?;
+            let warnings = reads::check_unread(&source.path, dir.unread()?)?;
+            let mut weight_types = BTreeMap::new();
+            for (_, dtype) in safetensors_headers(&dir)? {
+                *weight_types.entry(dtype).or_insert(0) += 1;
+            }
             Ok(LoadedModel {
                 source,
                 model,
                 tokenizer,
                 weight_types,
+                warnings,
             })
         }
     }
 }
 
-/// Tensor counts per dtype across a directory's safetensors files, read from the
-/// headers alone.
-fn safetensors_types(dir: &hf::HfDir) -> Result<BTreeMap<String, usize>> {
-    let mut counts = BTreeMap::new();
+/// Every tensor's name and dtype across a directory's safetensors files, read from
+/// the headers alone.
+fn safetensors_headers(dir: &hf::HfDir) -> Result<Vec<(String, String)>> {
+    let mut tensors = Vec::new();
     for file in dir.weight_files()? {
         let bad = || format!("{} is not a valid safetensors file", file.display());
         let mut f = std::fs::File::open(&file)
@@ -182,10 +192,10 @@ fn safetensors_types(dir: &hf::HfDir) -> Result<BTreeMap<String, usize>> {
                 .get("dtype")
                 .and_then(|d| d.as_str())
                 .unwrap_or("unknown");
-            *counts.entry(dtype.to_string()).or_insert(0) += 1;
+            tensors.push((name.clone(), dtype.to_string()));
         }
     }
-    Ok(counts)
+    Ok(tensors)
 }
 
 impl LoadedModel {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::blocks::{
     Activation, Attention, AttentionParts, Block, Mlp, Norm, Residual, RopeScaling, Rotary,
 };
-use super::{rope_from_hf, ModelConfig, Transformer, TransformerParts};
+use super::{require_sizes, rope_from_hf, ModelConfig, Transformer, TransformerParts};
 use crate::loader::gguf::{GgufFile, GgufNames};
 use crate::loader::hf::HfDir;
 
@@ -110,6 +110,18 @@ pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
             .map_err(|e| anyhow::anyhow!("{}: text_config: {e}", dir.config_path().display()))?,
         None => dir.config()?,
     };
+    require_sizes(&[
+        ("hidden_size", Some(c.hidden_size)),
+        ("intermediate_size", Some(c.intermediate_size)),
+        ("num_hidden_layers", Some(c.num_hidden_layers)),
+        ("num_attention_heads", Some(c.num_attention_heads)),
+        ("num_key_value_heads", Some(c.num_key_value_heads)),
+        ("head_dim", Some(c.head_dim)),
+        ("vocab_size", Some(c.vocab_size)),
+        ("max_position_embeddings", Some(c.max_position_embeddings)),
+        ("sliding_window", c.sliding_window),
+        ("sliding_window_pattern", c.sliding_window_pattern),
+    ])?;
     if c.attn_logit_softcapping.is_some() {
         bail!("attention logit soft-capping is not supported");
     }
@@ -179,11 +191,11 @@ pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
 }
 
 pub fn from_gguf(file: &GgufFile) -> Result<Transformer> {
-    let n = file.arch_usize("block_count")?;
-    let heads = file.arch_usize("attention.head_count")?;
-    let hidden = file.arch_usize("embedding_length")?;
-    let head_dim = file.arch_usize_or("attention.key_length", hidden / heads)?;
-    let window = file.arch_usize("attention.sliding_window")?;
+    let n = file.arch_size("block_count")?;
+    let heads = file.arch_size("attention.head_count")?;
+    let hidden = file.arch_size("embedding_length")?;
+    let head_dim = file.arch_size_or("attention.key_length", hidden / heads)?;
+    let window = file.arch_size("attention.sliding_window")?;
     let global_theta = file.arch_f64_or("rope.freq_base", 1_000_000.0)?;
     // GGUF stores neither the layer pattern nor the local rotary base; these are the
     // values every Gemma 3 checkpoint uses (and llama.cpp assumes).
@@ -203,11 +215,11 @@ pub fn from_gguf(file: &GgufFile) -> Result<Transformer> {
             num_layers: n,
             hidden_size: hidden,
             num_heads: heads,
-            num_kv_heads: file.arch_usize_or("attention.head_count_kv", heads)?,
+            num_kv_heads: file.arch_size_or("attention.head_count_kv", heads)?,
             head_dim,
-            intermediate_size: file.arch_usize("feed_forward_length")?,
+            intermediate_size: file.arch_size("feed_forward_length")?,
             vocab_size: file.vocab_size()?,
-            context_length: file.arch_usize("context_length")?,
+            context_length: file.arch_size("context_length")?,
         },
         eps: file.arch_f64("attention.layer_norm_rms_epsilon")?,
         norm_offset: 0.0,

@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde::Deserialize;
 
 use super::blocks::{Activation, Attention, AttentionParts, Block, Linear, Mlp, Norm, Residual};
-use super::{ModelConfig, Transformer, TransformerParts};
+use super::{require_sizes, ModelConfig, Transformer, TransformerParts};
 use crate::loader::hf::HfDir;
 
 #[derive(Debug, Deserialize)]
@@ -36,6 +36,14 @@ fn default_true() -> bool {
 
 pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
     let c: HfConfig = dir.config()?;
+    require_sizes(&[
+        ("n_embd", Some(c.n_embd)),
+        ("n_layer", Some(c.n_layer)),
+        ("n_head", Some(c.n_head)),
+        ("n_inner", c.n_inner),
+        ("n_positions", Some(c.n_positions)),
+        ("vocab_size", Some(c.vocab_size)),
+    ])?;
     let vb = dir.var_builder()?;
     // `GPT2LMHeadModel` saves under `transformer.`, the bare `GPT2Model` without it.
     let vb = if vb.contains_tensor("transformer.wte.weight") {

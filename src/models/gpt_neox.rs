@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::blocks::{
     Activation, Attention, AttentionParts, Block, Linear, Mlp, Norm, Residual, Rotary,
 };
-use super::{rope_from_hf, ModelConfig, Transformer, TransformerParts};
+use super::{require_sizes, rope_from_hf, ModelConfig, Transformer, TransformerParts};
 use crate::loader::hf::HfDir;
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +50,14 @@ fn default_context() -> usize {
 
 pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
     let c: HfConfig = dir.config()?;
+    require_sizes(&[
+        ("hidden_size", Some(c.hidden_size)),
+        ("intermediate_size", Some(c.intermediate_size)),
+        ("num_hidden_layers", Some(c.num_hidden_layers)),
+        ("num_attention_heads", Some(c.num_attention_heads)),
+        ("vocab_size", Some(c.vocab_size)),
+        ("max_position_embeddings", Some(c.max_position_embeddings)),
+    ])?;
     let vb = dir.var_builder()?;
     let (hidden, heads) = (c.hidden_size, c.num_attention_heads);
     let hd = hidden / heads;

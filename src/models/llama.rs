@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::blocks::{
     Activation, Attention, AttentionParts, Block, Mlp, Norm, Residual, RopeScaling, Rotary,
 };
-use super::{rope_from_hf, ModelConfig, Transformer, TransformerParts};
+use super::{require_sizes, rope_from_hf, ModelConfig, Transformer, TransformerParts};
 use crate::loader::gguf::{GgufFile, GgufNames};
 use crate::loader::hf::HfDir;
 
@@ -83,6 +83,17 @@ struct Settings {
 
 pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
     let c: HfConfig = dir.config()?;
+    require_sizes(&[
+        ("hidden_size", Some(c.hidden_size)),
+        ("intermediate_size", Some(c.intermediate_size)),
+        ("num_hidden_layers", Some(c.num_hidden_layers)),
+        ("num_attention_heads", Some(c.num_attention_heads)),
+        ("num_key_value_heads", c.num_key_value_heads),
+        ("head_dim", c.head_dim),
+        ("vocab_size", Some(c.vocab_size)),
+        ("max_position_embeddings", Some(c.max_position_embeddings)),
+        ("sliding_window", c.sliding_window),
+    ])?;
     let (theta, scaling) = rope_from_hf(
         c.rope_parameters.as_ref(),
         c.rope_theta,
@@ -148,11 +159,11 @@ pub fn from_gguf(file: &GgufFile) -> Result<Transformer> {
             file.path.display()
         );
     }
-    let hidden = file.arch_usize("embedding_length")?;
-    let heads = file.arch_usize("attention.head_count")?;
-    let layers = file.arch_usize("block_count")?;
+    let hidden = file.arch_size("embedding_length")?;
+    let heads = file.arch_size("attention.head_count")?;
+    let layers = file.arch_size("block_count")?;
     let window = if file.has_arch_key("attention.sliding_window") {
-        Some(file.arch_usize("attention.sliding_window")?)
+        Some(file.arch_size("attention.sliding_window")?)
     } else {
         None
     };
@@ -162,11 +173,11 @@ pub fn from_gguf(file: &GgufFile) -> Result<Transformer> {
             num_layers: layers,
             hidden_size: hidden,
             num_heads: heads,
-            num_kv_heads: file.arch_usize_or("attention.head_count_kv", heads)?,
-            head_dim: file.arch_usize_or("attention.key_length", hidden / heads)?,
-            intermediate_size: file.arch_usize("feed_forward_length")?,
+            num_kv_heads: file.arch_size_or("attention.head_count_kv", heads)?,
+            head_dim: file.arch_size_or("attention.key_length", hidden / heads)?,
+            intermediate_size: file.arch_size("feed_forward_length")?,
             vocab_size: file.vocab_size()?,
-            context_length: file.arch_usize("context_length")?,
+            context_length: file.arch_size("context_length")?,
         },
         eps: file.arch_f64("attention.layer_norm_rms_epsilon")?,
         theta: file.arch_f64_or("rope.freq_base", 10_000.0)?,

@@ -248,6 +248,17 @@ pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
     model.with_context(|| format!("loading {}", dir.path.display()))
 }
 
+/// Refuses a configured size of zero before any shape is computed from it: a zero
+/// head count divides by zero, a zero pattern takes a remainder by zero, and other
+/// zeros build empty tensors that fail far from their cause. `sizes` pairs each
+/// value with its key in `config.json`; `None` is a key the file leaves out.
+pub(crate) fn require_sizes(sizes: &[(&str, Option<usize>)]) -> Result<()> {
+    match sizes.iter().find(|(_, v)| *v == Some(0)) {
+        Some((key, _)) => bail!("config.json: {key} is 0; it must be at least 1"),
+        None => Ok(()),
+    }
+}
+
 /// Rotary settings from a Hugging Face config: `rope_parameters` (transformers 5) or
 /// the older `rope_theta` + `rope_scaling` pair.
 pub(crate) fn rope_from_hf(
