@@ -81,6 +81,18 @@ impl FromStr for Ablate {
     }
 }
 
+impl Ablate {
+    /// Fails unless every block given exists in a model of `depth` blocks.
+    pub fn check(&self, depth: usize) -> Result<()> {
+        if let Self::Blocks(blocks) = self {
+            if let Some(b) = blocks.iter().find(|&&b| b == 0 || b > depth) {
+                bail!("cannot ablate block {b}: this model's blocks are numbered 1..={depth}");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Settings of one analysis.
 #[derive(Debug, Clone)]
 pub struct AnalyzeOptions {
@@ -300,7 +312,10 @@ pub fn ablation_blocks(
     progress: &Progress,
 ) -> Result<(Vec<usize>, String)> {
     match ablate {
-        Ablate::Blocks(blocks) => Ok((blocks.clone(), "given".to_string())),
+        Ablate::Blocks(blocks) => {
+            ablate.check(model.model.num_layers())?;
+            Ok((blocks.clone(), "given".to_string()))
+        }
         Ablate::Auto => {
             let (prompts, source) = austen_prompts(DEFAULT_PROMPTS, DEFAULT_MAX_TOKENS)?;
             let opts = AnalyzeOptions {
@@ -349,10 +364,8 @@ pub fn run(
             "--max-tokens must be at least 2: the metrics compare the first token with the others"
         );
     }
-    if let Some(Ablate::Blocks(blocks)) = &opts.ablate {
-        if let Some(b) = blocks.iter().find(|&&b| b == 0 || b > depth) {
-            bail!("cannot ablate block {b}: this model's blocks are numbered 1..={depth}");
-        }
+    if let Some(ablate) = &opts.ablate {
+        ablate.check(depth)?;
     }
     let seqs = encode(model, prompts, opts)?;
     let want_loss = opts.ablate.is_some();

@@ -30,6 +30,11 @@ pub const LATE_DEPTH: f64 = 0.85;
 /// Significance level for "the peak is above the final layer".
 pub const ALPHA: f64 = 0.05;
 
+/// The fewest bootstrap resamples accepted: the one-sided p-value is
+/// `(1 + k) / (1 + resamples)`, so fewer than 20 can never fall below [`ALPHA`], and
+/// none at all gives no interval.
+pub const MIN_RESAMPLES: usize = 20;
+
 /// Settings of an evaluation run.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -50,6 +55,22 @@ pub struct EvalOptions {
     /// Cross-validation folds for probes, overriding the tasks' own.
     pub folds: Option<usize>,
     pub quiet: bool,
+}
+
+impl EvalOptions {
+    /// Refuses settings that cannot give a result, before any work is done.
+    pub fn check(&self) -> Result<()> {
+        if self.limit == Some(0) {
+            bail!("--limit 0 leaves no examples to score; give at least 1");
+        }
+        if self.resamples < MIN_RESAMPLES {
+            bail!(
+                "--resamples {} is too few for a confidence interval and the peak test; give at least {MIN_RESAMPLES}",
+                self.resamples
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for EvalOptions {
@@ -329,6 +350,7 @@ pub fn evaluate(
     tasks: &[LoadedTask],
     opts: &EvalOptions,
 ) -> Result<Vec<EvalResult>> {
+    opts.check()?;
     let start = Instant::now();
     let mut env = Env::new(model, opts)?;
     let mut requests = Vec::new();

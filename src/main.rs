@@ -277,30 +277,31 @@ fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
         .map(|t| harness::tasks::load(t))
         .collect::<Result<Vec<_>>>()?;
     let ablate = parse_ablate(args.ablate.as_deref())?;
-    let model = load_model(args.model.as_deref().unwrap_or_default())?;
-    let (plan, encoding) = (args.run.plan(), args.run.encoding());
-    let ablate_first_mlp = match &ablate {
-        None => Vec::new(),
-        Some(a) => {
-            let progress = Progress::new("ablation", "tokens", quiet);
-            let (blocks, rule) = analyze::ablation_blocks(&model, a, encoding, plan, &progress)?;
-            eprintln!("ablating the first token's MLP output in block(s) {blocks:?} ({rule})");
-            blocks
-        }
-    };
-    let opts = EvalOptions {
+    let mut opts = EvalOptions {
         limit: args.limit,
         seed: args.seed,
         pool: args.pool,
         center: args.center,
-        encoding,
-        plan,
-        intervention: Intervention { ablate_first_mlp },
+        encoding: args.run.encoding(),
+        plan: args.run.plan(),
+        intervention: Intervention::default(),
         use_cache: !args.no_cache,
         resamples: args.resamples,
         folds: args.folds,
         quiet,
     };
+    // Settings that cannot give a result fail before the model loads.
+    opts.check()?;
+    let model = load_model(args.model.as_deref().unwrap_or_default())?;
+    if let Some(a) = &ablate {
+        let progress = Progress::new("ablation", "tokens", quiet);
+        let (blocks, rule) =
+            analyze::ablation_blocks(&model, a, opts.encoding, opts.plan, &progress)?;
+        eprintln!("ablating the first token's MLP output in block(s) {blocks:?} ({rule})");
+        opts.intervention = Intervention {
+            ablate_first_mlp: blocks,
+        };
+    }
     let results = harness::eval::evaluate(&model, &tasks, &opts)?;
     for result in &results {
         let path = harness::eval::write_result(&args.out, result)?;

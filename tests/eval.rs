@@ -476,3 +476,47 @@ fn bad_tasks_and_data_fail_with_one_clear_line() {
     assert!(!results.exists(), "a failed run wrote results");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `eval` of the task file `task` on the tiny fixture `model`, results under `out`.
+fn eval_tiny(model: &str, task: &Path, out: &Path, extra: &[&str]) -> Output {
+    let model = root().join("tests/fixtures").join(model);
+    let mut args = vec![
+        "eval",
+        "--task",
+        task.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--no-cache",
+    ];
+    args.extend_from_slice(extra);
+    harness(&args, &[])
+}
+
+#[test]
+fn settings_that_cannot_give_a_result_fail_at_once() {
+    let dir = scratch("settings");
+    let task = dir.join("reviews.toml");
+    std::fs::write(&task, documented_example()).unwrap();
+    write_reviews(&dir.join("reviews.csv"), 40);
+    let results = dir.join("results");
+    let fails = |task: &Path, extra: &[&str], needle: &str| {
+        assert_fails_with(&eval_tiny("tiny-gpt2", task, &results, extra), needle);
+    };
+    fails(&task, &["--folds", "0"], "--folds is 0");
+    fails(&task, &["--folds", "1"], "at least 2 folds");
+    let one_fold = dir.join("one-fold.toml");
+    let example = documented_example();
+    assert!(example.contains("folds = 5"));
+    std::fs::write(&one_fold, example.replace("folds = 5", "folds = 1")).unwrap();
+    fails(&one_fold, &[], "[probe] folds");
+    fails(&task, &["--resamples", "0"], "at least 20");
+    fails(&task, &["--resamples", "19"], "at least 20");
+    // Refused before the block search would print which blocks it ablates.
+    fails(&task, &["--ablate", "99"], "numbered 1..=3");
+    let austen = root().join("tasks/austen.toml");
+    fails(&austen, &["--limit", "0"], "--limit 0");
+    assert!(!results.exists(), "a failed run wrote results");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

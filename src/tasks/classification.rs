@@ -57,7 +57,7 @@ pub struct Examples {
 /// classes too rare for the cross-validation folds.
 pub fn examples(task: &LoadedTask, opts: &EvalOptions) -> Result<(Examples, Vec<String>)> {
     let mut ex = labelled(task, task.limit(opts.limit), opts.seed)?;
-    let rare = ex.drop_rare_classes(min_class_size(&probe_config(task, opts)))?;
+    let rare = ex.drop_rare_classes(min_class_size(&probe_config(task, opts)?))?;
     Ok((ex, rare))
 }
 
@@ -234,7 +234,7 @@ fn min_class_size(cfg: &ProbeConfig) -> usize {
 }
 
 /// The probe settings for this task and run.
-fn probe_config(task: &LoadedTask, opts: &EvalOptions) -> ProbeConfig {
+fn probe_config(task: &LoadedTask, opts: &EvalOptions) -> Result<ProbeConfig> {
     let mut cfg = ProbeConfig {
         seed: opts.seed,
         ..ProbeConfig::default()
@@ -250,14 +250,26 @@ fn probe_config(task: &LoadedTask, opts: &EvalOptions) -> ProbeConfig {
     if let Some(folds) = opts.folds {
         cfg.folds = folds;
     }
-    cfg
+    // Checked here, before anything is sized by it: with fewer than two folds no
+    // example is ever held out, and no class size satisfies `min_class_size`.
+    if cfg.folds < 2 {
+        let given = match opts.folds {
+            Some(_) => "--folds".to_string(),
+            None => format!("[probe] folds in {}", task.origin),
+        };
+        bail!(
+            "{given} is {}: cross-validation needs at least 2 folds",
+            cfg.folds
+        );
+    }
+    Ok(cfg)
 }
 
 pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
     let (ex, rare) = examples(task, env.opts)?;
     let pool = task.pool(env.opts.pool);
     let pooled = env.embeddings(&ex.texts, pool)?;
-    let cfg = probe_config(task, env.opts);
+    let cfg = probe_config(task, env.opts)?;
     let classes = ex.classes.len();
     let progress = crate::progress::Progress::new("probe", "layers", env.opts.quiet);
     progress.set_length(pooled.layers as u64);

@@ -132,6 +132,9 @@ pub fn parse(text: &str, origin: &str) -> Result<TaskSpec> {
     if spec.name.trim().is_empty() {
         bail!("{origin}: `name` is empty");
     }
+    if spec.limit == Some(0) {
+        bail!("{origin}: `limit = 0` leaves no examples to score; give at least 1");
+    }
     Ok(spec)
 }
 
