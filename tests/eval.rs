@@ -494,6 +494,10 @@ fn eval_tiny(model: &str, task: &Path, out: &Path, extra: &[&str]) -> Output {
     harness(&args, &[])
 }
 
+fn read_result(path: &Path) -> EvalResult {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 #[test]
 fn settings_that_cannot_give_a_result_fail_at_once() {
     let dir = scratch("settings");
@@ -518,5 +522,31 @@ fn settings_that_cannot_give_a_result_fail_at_once() {
     let austen = root().join("tasks/austen.toml");
     fails(&austen, &["--limit", "0"], "--limit 0");
     assert!(!results.exists(), "a failed run wrote results");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn classes_keep_the_values_they_list_and_count_the_rest() {
+    let dir = scratch("classes");
+    let mut csv = String::from("text,label\n");
+    for i in 0..30 {
+        let label = ["good", "bad", "meh"][i % 3];
+        csv.push_str(&format!("{label} thing number {i},{label}\n"));
+    }
+    std::fs::write(dir.join("d.csv"), csv).unwrap();
+    let task = dir.join("t.toml");
+    std::fs::write(
+        &task,
+        "name = \"t\"\nkind = \"classification\"\n[data]\nsource = \"d.csv\"\n[labels]\ntext = \"text\"\ncolumn = \"label\"\nclasses = [\"bad\", \"good\"]\n",
+    )
+    .unwrap();
+    let results = dir.join("results");
+    let out = eval_tiny("tiny-gpt2", &task, &results, &["--folds", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = read_result(&results.join("tiny-gpt2/t.json"));
+    assert_eq!(r.task.n_items, 20);
+    assert_eq!(r.info["classes"], serde_json::json!(["bad", "good"]));
+    assert_eq!(r.info["dropped_rows"], 10);
+    assert_eq!(r.info["dropped_labels"], serde_json::json!({"meh": 10}));
     std::fs::remove_dir_all(&dir).unwrap();
 }

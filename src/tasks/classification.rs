@@ -25,7 +25,7 @@ pub struct LabelSpec {
     /// first; rows equal to the threshold are dropped.
     pub threshold: Option<f64>,
     /// Class names: with `threshold`, `[below, above]`; otherwise the label values
-    /// to keep, in this order (rows with other values are an error).
+    /// to keep, in this order (rows with other values are dropped and counted).
     pub classes: Option<Vec<String>>,
     /// Label value -> class name, for renaming or merging values.
     pub map: Option<BTreeMap<String, String>>,
@@ -49,8 +49,10 @@ pub struct Examples {
     pub texts: Vec<String>,
     pub labels: Vec<usize>,
     pub classes: Vec<String>,
-    /// Rows dropped by the threshold or by deduplication.
+    /// Rows dropped by the threshold, by `classes` or by deduplication.
     pub dropped: usize,
+    /// Rows dropped because `classes` does not list their label, per label value.
+    pub dropped_labels: BTreeMap<String, usize>,
 }
 
 /// Reads texts and classes from the task's table, takes the seeded subset and drops
@@ -75,6 +77,8 @@ fn labelled(task: &LoadedTask, limit: Option<usize>, seed: u64) -> Result<Exampl
     let mut texts = Vec::new();
     let mut raw = Vec::new();
     let mut dropped = 0;
+    let mut dropped_labels = BTreeMap::new();
+    let keep_only = spec.classes.as_ref().filter(|_| spec.threshold.is_none());
     for row in 0..table.len() {
         let value = match spec.threshold {
             Some(t) => {
@@ -98,6 +102,10 @@ fn labelled(task: &LoadedTask, limit: Option<usize>, seed: u64) -> Result<Exampl
             },
             _ => value,
         };
+        if keep_only.is_some_and(|names| !names.contains(&value)) {
+            *dropped_labels.entry(value).or_insert(0) += 1;
+            continue;
+        }
         texts.push(table.text(row, &spec.text)?);
         raw.push(value);
     }
@@ -120,18 +128,13 @@ fn labelled(task: &LoadedTask, limit: Option<usize>, seed: u64) -> Result<Exampl
         Some(_) => raw.iter().map(|r| usize::from(r == "1")).collect(),
         None => raw
             .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                classes.iter().position(|c| c == r).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "{}: label '{r}' (example {}) is not one of the task's classes ({})",
-                        table.origin,
-                        i + 1,
-                        classes.join(", ")
-                    )
-                })
+            .map(|r| {
+                classes
+                    .iter()
+                    .position(|c| c == r)
+                    .expect("rows with a value outside `classes` were dropped")
             })
-            .collect::<Result<_>>()?,
+            .collect(),
     };
     let (texts, labels, removed) = if spec.dedupe {
         dedupe(texts, labels)
@@ -159,7 +162,8 @@ fn labelled(task: &LoadedTask, limit: Option<usize>, seed: u64) -> Result<Exampl
         texts,
         labels,
         classes,
-        dropped: dropped + removed,
+        dropped: dropped + dropped_labels.values().sum::<usize>() + removed,
+        dropped_labels,
     })
 }
 
@@ -300,6 +304,10 @@ pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
         ("classes".to_string(), serde_json::json!(ex.classes)),
         ("class_counts".to_string(), serde_json::json!(counts)),
         ("dropped_rows".to_string(), serde_json::json!(ex.dropped)),
+        (
+            "dropped_labels".to_string(),
+            serde_json::json!(ex.dropped_labels),
+        ),
         ("dropped_classes".to_string(), serde_json::json!(rare)),
         ("folds".to_string(), serde_json::json!(cfg.folds)),
         ("c_grid".to_string(), serde_json::json!(cfg.c_grid)),
