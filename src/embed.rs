@@ -36,10 +36,7 @@ pub fn encode(model: &LoadedModel, texts: &[String], enc: Encoding) -> Result<En
     let mut truncated = 0;
     for (i, s) in seqs.iter_mut().enumerate() {
         if s.is_empty() {
-            anyhow::bail!(
-                "text {} has no tokens (empty text with --bos never?)",
-                i + 1
-            );
+            anyhow::bail!("text {} has no tokens", i + 1);
         }
         if s.len() > context {
             if !enc.truncate {

@@ -550,3 +550,33 @@ fn classes_keep_the_values_they_list_and_count_the_rest() {
     assert_eq!(r.info["dropped_labels"], serde_json::json!({"meh": 10}));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_empty_text_is_refused_by_row_with_or_without_bos() {
+    let dir = scratch("empty-text");
+    let mut csv = String::from("text,label\n");
+    for i in 0..12 {
+        let text = if i == 4 {
+            String::new()
+        } else {
+            format!("text {i}")
+        };
+        csv.push_str(&format!("\"{text}\",{}\n", i % 2));
+    }
+    std::fs::write(dir.join("d.csv"), csv).unwrap();
+    let task = dir.join("t.toml");
+    std::fs::write(
+        &task,
+        "name = \"t\"\nkind = \"classification\"\n[data]\nsource = \"d.csv\"\n[labels]\ntext = \"text\"\ncolumn = \"label\"\n",
+    )
+    .unwrap();
+    let results = dir.join("results");
+    // tiny-llama prepends BOS, tiny-gpt2 does not: the same rule for both.
+    for model in ["tiny-llama", "tiny-gpt2"] {
+        let out = eval_tiny(model, &task, &results, &["--folds", "2"]);
+        assert_fails_with(&out, "row 5: column 'text' is empty");
+        assert!(!stderr(&out).contains("--bos"), "{}", stderr(&out));
+    }
+    assert!(!results.exists(), "a failed run wrote results");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

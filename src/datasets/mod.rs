@@ -270,17 +270,23 @@ impl Table {
         })
     }
 
-    /// A cell as text (numbers and booleans are written out).
+    /// A cell as text (numbers and booleans are written out). An empty or blank cell
+    /// is an error naming its row: embedded, it would be the BOS token alone on some
+    /// models and no tokens at all on others, and skipping it would change the items.
     pub fn text(&self, row: usize, column: &str) -> Result<String> {
-        Ok(match self.cell(row, column)? {
+        let text = match self.cell(row, column)? {
             Value::String(s) => s.clone(),
-            Value::Null => bail!(
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        if text.trim().is_empty() {
+            bail!(
                 "{} row {}: column '{column}' is empty",
                 self.origin,
                 row + 1
-            ),
-            other => other.to_string(),
-        })
+            );
+        }
+        Ok(text)
     }
 
     /// A cell as a number (numeric strings are parsed).
