@@ -364,7 +364,15 @@ pub fn evaluate(
     for task in tasks {
         let task_start = Instant::now();
         let forward_before = env.forward_seconds;
-        let scored = task.run(&mut env)?;
+        let mut scored = task.run(&mut env)?;
+        if opts.encoding.truncate {
+            // Counted from the texts rather than during the forward pass, which a
+            // cached run skips.
+            let cut = embed::encode(model, &task.texts(opts)?, opts.encoding)?.truncated;
+            scored
+                .info
+                .insert("truncated".into(), serde_json::json!(cut));
+        }
         let forward_s = env.forward_seconds - forward_before;
         let score_s = task_start.elapsed().as_secs_f64() - forward_s;
         let timings = Timings {
@@ -514,6 +522,16 @@ fn summarize(
         timings,
         created: now_utc(),
     })
+}
+
+impl EvalResult {
+    /// Texts `--truncate` cut to the model's context (0 without it).
+    pub fn truncated(&self) -> usize {
+        self.info
+            .get("truncated")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0) as usize
+    }
 }
 
 /// Where a result goes: `DIR/<model>/<task>.json`, or `<task>.ablate-<blocks>.json`

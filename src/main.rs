@@ -221,12 +221,7 @@ fn run(cli: Cli) -> Result<()> {
                 &Intervention::default(),
                 &progress,
             )?;
-            if out.truncated > 0 {
-                eprintln!(
-                    "warning: {} text(s) were cut to the model's context of {} tokens",
-                    out.truncated, loaded.model.config.context_length
-                );
-            }
+            warn_truncated("", out.truncated, &loaded);
             eprintln!(
                 "embedded {} texts ({} tokens) at {} layers in {:.1}s ({:.0} tokens/s), pool {}",
                 out.pooled.n,
@@ -304,6 +299,8 @@ fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
     }
     let results = harness::eval::evaluate(&model, &tasks, &opts)?;
     for result in &results {
+        let task = format!("task {}: ", result.task.name);
+        warn_truncated(&task, result.truncated(), &model);
         let path = harness::eval::write_result(&args.out, result)?;
         print!("{}", harness::report::eval_table(result));
         println!("wrote {}\n", path.display());
@@ -348,6 +345,16 @@ fn load_model(spec: &str) -> Result<harness::loader::LoadedModel> {
         eprintln!("warning: {warning}");
     }
     Ok(loaded)
+}
+
+/// The warning `--truncate` owes when it cut texts; `what` says whose.
+fn warn_truncated(what: &str, count: usize, model: &harness::loader::LoadedModel) {
+    if count > 0 {
+        eprintln!(
+            "warning: {what}{count} text(s) were cut to the model's context of {} tokens",
+            model.model.config.context_length
+        );
+    }
 }
 
 fn parse_ablate(value: Option<&str>) -> Result<Option<Ablate>> {

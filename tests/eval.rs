@@ -526,6 +526,30 @@ fn settings_that_cannot_give_a_result_fail_at_once() {
 }
 
 #[test]
+fn eval_truncate_warns_and_counts_the_texts_it_cut() {
+    let dir = scratch("truncate");
+    let task = dir.join("reviews.toml");
+    std::fs::write(&task, documented_example()).unwrap();
+    write_reviews(&dir.join("reviews.csv"), 40);
+    let mut csv = std::fs::read_to_string(dir.join("reviews.csv")).unwrap();
+    csv.push_str(&format!("\"{}\",5\n", "great ".repeat(100)));
+    std::fs::write(dir.join("reviews.csv"), csv).unwrap();
+    let results = dir.join("results");
+    let out = eval_tiny("tiny-gpt2", &task, &results, &["--truncate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "warning: task reviews: 1 text(s) were cut to the model's context of 64 tokens"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let r = read_result(&results.join("tiny-gpt2/reviews.json"));
+    assert_eq!(r.info["truncated"], 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn classes_keep_the_values_they_list_and_count_the_rest() {
     let dir = scratch("classes");
     let mut csv = String::from("text,label\n");
