@@ -209,6 +209,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Embed(args) => {
+            harness::output::check_destination(&args.out)?;
             let loaded = load_model(&args.model)?;
             let texts = harness::datasets::read_lines(&args.input)?;
             let progress = Progress::new("embed", "tokens", cli.quiet);

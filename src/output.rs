@@ -4,14 +4,11 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// Writes `path` atomically with whatever `write` puts into the temporary file.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = parent_or_cwd(path);
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = path
         .file_name()
@@ -26,6 +23,48 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Fails at once when `path` cannot take a file, so that a long run does not end by
+/// failing to write: an existing directory, a parent that is a file, or a directory
+/// that refuses new files.
+pub fn check_destination(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        bail!(
+            "{} is a directory; give the output a file name",
+            path.display()
+        );
+    }
+    // The nearest existing ancestor is where `write_atomic` will create the rest.
+    let mut dir = parent_or_cwd(path);
+    while !dir.exists() {
+        dir = parent_or_cwd(dir);
+    }
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: {} is not a directory",
+            path.display(),
+            dir.display()
+        );
+    }
+    let probe = dir.join(format!(".harness-probe-{}", std::process::id()));
+    std::fs::File::create(&probe).with_context(|| {
+        format!(
+            "cannot write {}: cannot create files in {}",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// The directory holding `path`, `.` for a bare file name.
+fn parent_or_cwd(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 /// Writes bytes to `path` atomically.

@@ -372,3 +372,25 @@ fn weights_the_config_leaves_unused_are_an_error_naming_them() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn input_errors_name_the_line_and_the_destination_is_checked_first() {
+    let dir = scratch("input");
+    let latin1 = dir.join("latin1.txt");
+    std::fs::write(&latin1, b"first line\ncaf\xe9 au lait\nthird\n").unwrap();
+    embed_fails("smollm2", &latin1, &[], "line 2 is not valid UTF-8");
+    // A directory as --out is refused before the model is even looked up.
+    let good = dir.join("good.txt");
+    std::fs::write(&good, "Hello there.\n").unwrap();
+    let out = harness(&[
+        "embed",
+        "--model",
+        "no-such-model",
+        "--input",
+        good.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_fails_with(&out, "is a directory");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -12,11 +12,23 @@ use serde_json::Value;
 
 use crate::assets::harness_home;
 
+/// A file's text; bytes that are not UTF-8 are an error naming their line.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        anyhow!(
+            "{} line {line} is not valid UTF-8 (save the file as UTF-8)",
+            path.display()
+        )
+    })
+}
+
 /// One text per line. A trailing newline is fine; an empty file or an empty line in
 /// the middle is an error, since an empty text has no tokens to represent.
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = read_text(path)?;
     let mut lines: Vec<String> = text
         .lines()
         .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
@@ -121,7 +133,7 @@ pub fn read_table(path: &Path, format: Option<Format>, header: bool) -> Result<T
         None => format_from_extension(path)?,
     };
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {origin}"))?;
+    let text = read_text(path)?;
     let (columns, rows) = match format {
         Format::Jsonl => parse_jsonl(&text, &origin)?,
         Format::Csv => parse_delimited(&text, b',', true, header, &origin)?,

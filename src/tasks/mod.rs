@@ -154,8 +154,7 @@ pub fn load(name_or_path: &str) -> Result<LoadedTask> {
             (parse(text, &origin)?, origin, PathBuf::from("."))
         } else if name_or_path.ends_with(".toml") || Path::new(name_or_path).is_file() {
             let path = Path::new(name_or_path);
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read task file {name_or_path}"))?;
+            let text = crate::datasets::read_text(path)?;
             let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
             (parse(&text, name_or_path)?, name_or_path.to_string(), base)
         } else {
