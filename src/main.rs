@@ -78,10 +78,10 @@ struct EvalArgs {
     /// Centre embeddings (subtract each layer's mean) before cosine similarity.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     center: Option<bool>,
-    /// Cross-validation folds for probes (default: each task's own, else 5).
+    /// Cross-validation folds for probes, at least 2 (default: each task's own, else 5).
     #[arg(long)]
     folds: Option<usize>,
-    /// Bootstrap resamples for confidence intervals.
+    /// Bootstrap resamples for confidence intervals and the peak test (at least 20).
     #[arg(long, default_value_t = 1000)]
     resamples: usize,
     /// Zero the MLP output at position 0 in these blocks: auto (the block where the
