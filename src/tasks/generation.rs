@@ -431,3 +431,39 @@ fn choice(
     ]);
     Ok(Scored::accuracy(correct, extra, info))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scores::ItemStatistic;
+
+    /// The lens reading is the log-softmax at the targets: for logits [2, 0, -1, 1]
+    /// the normaliser is ln(e^2 + 1 + e^-1 + e^1), and token 0 is the argmax.
+    #[test]
+    fn reading_is_the_log_softmax_of_the_logits() {
+        let logits = [2.0f32, 0.0, -1.0, 1.0];
+        let lse = (2f64.exp() + 1.0 + (-1f64).exp() + 1f64.exp()).ln();
+        let r = read(&logits, &[3, 0]);
+        assert!((r.logprobs[0] as f64 - (1.0 - lse)).abs() < 1e-6);
+        assert!((r.logprobs[1] as f64 - (2.0 - lse)).abs() < 1e-6);
+        assert!(!r.top1, "the first target, 3, is not the most likely token");
+        assert!(read(&logits, &[0]).top1);
+    }
+
+    /// Perplexity from hand-built logits: a uniform row over 4 tokens gives the target
+    /// probability 1/4, the row [0, ln 3, 0, 0] gives token 1 probability 3/6, so the
+    /// document's perplexity is exp((ln 4 + ln 2) / 2) = sqrt(8).
+    #[test]
+    fn perplexity_from_hand_built_logits() {
+        let rows: [([f32; 4], u32); 2] = [([0.0; 4], 2), ([0.0, 3f32.ln(), 0.0, 0.0], 1)];
+        let nll: f64 = rows
+            .iter()
+            .map(|(logits, t)| -(read(logits, &[*t]).logprobs[0] as f64))
+            .sum();
+        let p = PerplexityOfItems {
+            nll: vec![vec![nll]],
+            tokens: vec![2.0],
+        };
+        assert!((p.value(0, &[0]) - 8f64.sqrt()).abs() < 1e-6);
+    }
+}
