@@ -114,6 +114,20 @@ impl Default for BatchPlan {
     }
 }
 
+impl BatchPlan {
+    /// The plan for `--batch-size`: exactly `n` sequences per batch (at least one),
+    /// whatever their padded size; the default plan when it is not given.
+    pub fn with_batch_size(n: Option<usize>) -> Self {
+        match n {
+            Some(n) => Self {
+                max_tokens: usize::MAX,
+                max_size: n.max(1),
+            },
+            None => Self::default(),
+        }
+    }
+}
+
 /// Runs `seqs` through `model` in length-sorted batches, so padding stays small,
 /// handing every batch to `capture`. Rows carry their index in `seqs`.
 pub fn run(

@@ -161,13 +161,7 @@ struct RunArgs {
 
 impl RunArgs {
     fn plan(&self) -> BatchPlan {
-        match self.batch_size {
-            Some(n) => BatchPlan {
-                max_tokens: usize::MAX,
-                max_size: n.max(1),
-            },
-            None => BatchPlan::default(),
-        }
+        BatchPlan::with_batch_size(self.batch_size)
     }
 
     fn encoding(&self) -> Encoding {

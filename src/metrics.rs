@@ -642,4 +642,44 @@ mod tests {
         let reversed = paired_bootstrap(n, 1000, 3, |i| mean(&b, i), |i| mean(&a, i));
         assert!(reversed.p_value > 0.99);
     }
+
+    /// Retrieval as `tasks::retrieval` scores it (cosine top 10, nDCG@10 per query,
+    /// mean over queries) against scikit-learn on the same vectors: unit vectors at
+    /// angles 0.25 j for 12 documents, queries at 0.01, 1.62 and 2.9 rad whose relevant
+    /// documents are 3 (ranked 4th), 0 (outside the top 10) and 11 (ranked 1st).
+    #[test]
+    fn retrieval_ndcg_matches_scikit_learn() {
+        let unit = |a: f64| [a.cos() as f32, a.sin() as f32];
+        let docs = Array2::from_shape_fn((12, 2), |(j, k)| unit(0.25 * j as f64)[k]);
+        let angles = [0.01, 1.62, 2.9];
+        let queries = Array2::from_shape_fn((3, 2), |(i, k)| unit(angles[i])[k]);
+        let relevant = [3, 0, 11];
+        let ranked = top_k_cosine(queries.view(), docs.view(), 10);
+        let per_query: Vec<f64> = ranked
+            .iter()
+            .zip(relevant)
+            .map(|(r, rel)| ndcg_at_k(r, &[rel], 10))
+            .collect();
+        // scikit-learn 1.9.1: with docs = [[cos(.25 j), sin(.25 j)] for j in range(12)],
+        // queries likewise at `angles` and y_true one-hot at `relevant`,
+        // `ndcg_score(y_true[i:i+1], (queries @ docs.T)[i:i+1], k=10)` per row, and
+        // `ndcg_score(y_true, queries @ docs.T, k=10)` for the mean.
+        let sklearn = [0.4306765580733929, 0.0, 1.0];
+        for (ours, theirs) in per_query.iter().zip(sklearn) {
+            assert!((ours - theirs).abs() < 1e-9, "{ours} vs {theirs}");
+        }
+        let mean = per_query.iter().sum::<f64>() / 3.0;
+        assert!((mean - 0.4768921860244643).abs() < 1e-9, "{mean}");
+    }
+
+    /// Similarity's Spearman with ties on both sides against scipy 1.17.1:
+    /// `scipy.stats.spearmanr([0.2, 0.9, 0.4, 0.4, 0.7, 0.1, 0.9, 0.3],
+    /// [1, 4, 2, 3, 3, 1, 5, 2]).statistic` = 0.9570732259820033.
+    #[test]
+    fn spearman_matches_scipy_with_ties() {
+        let predicted = [0.2, 0.9, 0.4, 0.4, 0.7, 0.1, 0.9, 0.3];
+        let gold = [1.0, 4.0, 2.0, 3.0, 3.0, 1.0, 5.0, 2.0];
+        let rho = spearman(&predicted, &gold);
+        assert!((rho - 0.9570732259820033).abs() < 1e-12, "{rho}");
+    }
 }

@@ -394,3 +394,245 @@ fn input_errors_name_the_line_and_the_destination_is_checked_first() {
     assert_fails_with(&out, "is a directory");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn eval_list_names_every_shipped_task_with_its_kind() {
+    let out = harness(&["eval", "--list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let names = harness::tasks::shipped_names();
+    assert_eq!(lines.len(), names.len(), "{stdout}");
+    for (line, name) in lines.iter().zip(&names) {
+        let task = harness::tasks::describe(name).unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[0], *name, "{line}");
+        assert_eq!(
+            words[1],
+            format!("{:?}", task.kind).to_lowercase(),
+            "{line}"
+        );
+        assert!(line.ends_with(&task.description), "{line}");
+    }
+}
+
+#[test]
+fn plain_inspect_prints_the_json_fields_as_a_table() {
+    let model = fixture("tiny-qwen2");
+    let model = model.to_str().unwrap();
+    let out = harness(&["inspect", "--model", model]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let info = inspect_json(model);
+    let row = |key: &str| -> String {
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key} row in:\n{table}"));
+        line[key.len()..].trim().to_string()
+    };
+    assert_eq!(row("architecture"), "qwen2");
+    for key in [
+        "num_layers",
+        "hidden_size",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+        "context_length",
+    ] {
+        assert_eq!(row(key), info[key].to_string(), "{key}");
+    }
+    assert_eq!(row("format"), "safetensors");
+    assert_eq!(row("bos_token_id"), "1 (added by default: false)");
+}
+
+/// Runs `embed` on `texts` with `extra` arguments and returns `[texts, layers, hidden]`.
+fn embed_with(dir: &Path, model: &Path, texts: &[&str], extra: &[&str]) -> (Vec<usize>, Vec<f32>) {
+    let input = dir.join("texts.txt");
+    std::fs::write(&input, texts.join("\n") + "\n").unwrap();
+    let out_path = dir.join("embedded.safetensors");
+    let mut args = vec![
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out_path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = harness(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    read_embeddings(&out_path)
+}
+
+/// Relative L2 distance between two vectors.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let norm: f32 = b.iter().map(|y| y * y).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
+/// `embed --pool first|last|mean` against transformers' hidden states of the same
+/// prompts (tests/golden/tiny-qwen2.*): the first token's row, the last real token's
+/// row and the mean over the real tokens, at every layer.
+#[test]
+fn embed_pools_equal_transformers_token_rows() {
+    let dir = scratch("pools");
+    let golden_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_dir.join("tiny-qwen2.json")).unwrap())
+            .unwrap();
+    let prompts: Vec<&str> = meta["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let lens: Vec<usize> = meta["num_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap() as usize)
+        .collect();
+    let golden = candle_core::safetensors::load(
+        golden_dir.join("tiny-qwen2.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let layers = meta["num_layers"].as_u64().unwrap() as usize + 1;
+    let hidden: Vec<Vec<f32>> = (0..layers)
+        .map(|l| {
+            golden[&format!("hidden.{l}")]
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect();
+    let (t, d) = (lens.iter().copied().max().unwrap(), 64);
+    let token = |l: usize, b: usize, p: usize| &hidden[l][(b * t + p) * d..][..d];
+    let mean = |l: usize, b: usize| -> Vec<f32> {
+        let mut m = vec![0f32; d];
+        for p in 0..lens[b] {
+            m.iter_mut().zip(token(l, b, p)).for_each(|(m, x)| *m += x);
+        }
+        m.iter().map(|x| x / lens[b] as f32).collect()
+    };
+    let model = fixture("tiny-qwen2");
+    for pool in ["first", "last", "mean"] {
+        let (dims, ours) = embed_with(&dir, &model, &prompts, &["--pool", pool]);
+        assert_eq!(dims, vec![prompts.len(), layers, d]);
+        for b in 0..prompts.len() {
+            for l in 0..layers {
+                let expected = match pool {
+                    "first" => token(l, b, 0).to_vec(),
+                    "last" => token(l, b, lens[b] - 1).to_vec(),
+                    _ => mean(l, b),
+                };
+                let row = &ours[(b * layers + l) * d..][..d];
+                let err = rel_err(row, &expected);
+                assert!(err < 1e-4, "--pool {pool}, text {b}, layer {l}: {err:.2e}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--batch-size` changes how texts are grouped, never their vectors: 1, 2 and the
+/// default batch (which pads the shorter texts) all give each text's vectors alone.
+#[test]
+fn batch_size_leaves_the_vectors_as_they_are() {
+    let dir = scratch("batch");
+    let model = fixture("tiny-llama");
+    let (dims, one_by_one) = embed_with(&dir, &model, &BATCH_TEXTS, &["--batch-size", "1"]);
+    let (_, batched) = embed_with(&dir, &model, &BATCH_TEXTS, &[]);
+    let (_, in_pairs) = embed_with(&dir, &model, &BATCH_TEXTS, &["--batch-size", "2"]);
+    let width = dims[1] * dims[2];
+    for (i, text) in BATCH_TEXTS.iter().enumerate() {
+        let (_, alone) = embed_with(&dir, &model, &[text], &[]);
+        for (all, size) in [(&one_by_one, "1"), (&batched, "default"), (&in_pairs, "2")] {
+            let err = rel_err(&all[i * width..(i + 1) * width], &alone);
+            assert!(err < 1e-5, "text {i}, batch size {size}: {err:.2e}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+const BATCH_TEXTS: [&str; 5] = [
+    "Hi.",
+    "The cat sat on the mat and looked out of the window.",
+    "A middle sized sentence here.",
+    "Rain again today",
+    "One more.",
+];
+
+/// Records the rows of every batch a forward pass is given.
+struct BatchLog(Vec<Vec<usize>>);
+
+impl harness::capture::Capture for BatchLog {
+    fn depth(&self) -> usize {
+        0
+    }
+
+    fn on_resid(
+        &mut self,
+        _: usize,
+        _: &candle_core::Tensor,
+        batch: &harness::capture::Batch,
+    ) -> anyhow::Result<()> {
+        self.0.push(batch.index.clone());
+        Ok(())
+    }
+}
+
+/// What `--batch-size N` asks of the forward pass: batches of at most N texts that
+/// together hold every text once; without it, these short texts share one batch.
+#[test]
+fn batch_size_sets_the_texts_per_batch() {
+    use harness::capture::{self, BatchPlan};
+    let model = harness::loader::load(fixture("tiny-llama").to_str().unwrap()).unwrap();
+    let seqs: Vec<Vec<u32>> = BATCH_TEXTS
+        .iter()
+        .map(|t| {
+            model
+                .tokenizer
+                .encode(t, harness::tokenizer::BosPolicy::Auto)
+                .unwrap()
+        })
+        .collect();
+    let batches = |size: Option<usize>| -> Vec<Vec<usize>> {
+        let mut log = BatchLog(Vec::new());
+        capture::run(
+            &model.model,
+            &seqs,
+            model.tokenizer.pad_id(),
+            BatchPlan::with_batch_size(size),
+            &harness::models::Intervention::default(),
+            &mut log,
+            &harness::progress::Progress::hidden(),
+        )
+        .unwrap();
+        log.0
+    };
+    for size in [1, 2, 3] {
+        let got = batches(Some(size));
+        assert_eq!(
+            got.len(),
+            BATCH_TEXTS.len().div_ceil(size),
+            "size {size}: {got:?}"
+        );
+        assert!(got.iter().all(|b| b.len() <= size), "size {size}: {got:?}");
+        let mut rows: Vec<usize> = got.concat();
+        rows.sort();
+        assert_eq!(rows, (0..BATCH_TEXTS.len()).collect::<Vec<_>>());
+    }
+    assert_eq!(batches(None).len(), 1);
+    assert_eq!(
+        batches(Some(0)),
+        batches(Some(1)),
+        "a size of 0 means one at a time"
+    );
+}

@@ -604,3 +604,459 @@ fn an_empty_text_is_refused_by_row_with_or_without_bos() {
     assert!(!results.exists(), "a failed run wrote results");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn fixture(name: &str) -> String {
+    root()
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Writes `body` as `dir/name` and returns its path as a string.
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
+}
+
+/// Runs `harness eval` on one task and returns the result file.
+fn eval_one(
+    task: &str,
+    model: &str,
+    out: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> EvalResult {
+    let mut args = vec![
+        "eval",
+        "--task",
+        task,
+        "--model",
+        model,
+        "--out",
+        out.to_str().unwrap(),
+        "--resamples",
+        "20",
+    ];
+    args.extend_from_slice(extra);
+    let run = harness(&args, envs);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let stem = Path::new(model)
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let name = harness::tasks::load(task).unwrap().spec.name;
+    serde_json::from_str(
+        &std::fs::read_to_string(out.join(stem).join(format!("{name}.json"))).unwrap(),
+    )
+    .unwrap()
+}
+
+fn scores(r: &EvalResult) -> Vec<f64> {
+    r.layers.iter().map(|l| l.score).collect()
+}
+
+const SENTENCES: [&str; 6] = [
+    "The cat sat on the mat.",
+    "A dog slept by the fire.",
+    "Stock prices fell sharply today.",
+    "The market dropped at the close.",
+    "She sang a song in the rain.",
+    "Music filled the empty hall.",
+];
+
+/// Pairs of [`SENTENCES`] with made-up human scores, as a similarity task's CSV.
+fn similarity_csv() -> String {
+    let pairs = [
+        (0, 1, 4.0),
+        (2, 3, 4.5),
+        (4, 5, 3.5),
+        (0, 2, 0.5),
+        (1, 4, 1.0),
+        (3, 5, 0.0),
+        (0, 5, 1.5),
+        (2, 4, 2.0),
+        (1, 3, 0.8),
+    ];
+    let mut csv = String::from("a,b,score\n");
+    for (a, b, s) in pairs {
+        csv.push_str(&format!("\"{}\",\"{}\",{s}\n", SENTENCES[a], SENTENCES[b]));
+    }
+    csv
+}
+
+/// Spearman per layer of the cosines of the pairs in `csv`, computed here from
+/// `embed`'s vectors of [`SENTENCES`], centred by hand (each layer's mean over the
+/// task's distinct texts) when asked.
+fn hand_spearman(model: &str, csv: &Path, center: bool) -> Vec<f64> {
+    let loaded = harness::loader::load(model).unwrap();
+    let texts: Vec<String> = SENTENCES.iter().map(|s| s.to_string()).collect();
+    let pooled = harness::embed::embed_texts(
+        &loaded,
+        &texts,
+        harness::capture::Pool::MeanSkipFirst,
+        EvalOptions::default().encoding,
+        harness::capture::BatchPlan::default(),
+        &harness::models::Intervention::default(),
+        &harness::progress::Progress::hidden(),
+    )
+    .unwrap()
+    .pooled;
+    let table = harness::datasets::read_table(csv, None, true).unwrap();
+    let text_index = |row: usize, col: &str| {
+        let text = table.text(row, col).unwrap();
+        SENTENCES.iter().position(|s| *s == text).unwrap()
+    };
+    let gold: Vec<f64> = (0..table.len())
+        .map(|r| table.number(r, "score").unwrap())
+        .collect();
+    let norm = |x: &[f64]| x.iter().map(|v| v * v).sum::<f64>().sqrt();
+    (0..pooled.layers)
+        .map(|l| {
+            let v = pooled.layer(l).mapv(f64::from);
+            let mean = v.mean_axis(ndarray::Axis(0)).unwrap();
+            let rows: Vec<Vec<f64>> = v
+                .rows()
+                .into_iter()
+                .map(|r| {
+                    if center {
+                        (&r - &mean).to_vec()
+                    } else {
+                        r.to_vec()
+                    }
+                })
+                .collect();
+            let cos: Vec<f64> = (0..table.len())
+                .map(|r| {
+                    let (a, b) = (&rows[text_index(r, "a")], &rows[text_index(r, "b")]);
+                    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                    dot / (norm(a) * norm(b))
+                })
+                .collect();
+            harness::metrics::spearman(&cos, &gold)
+        })
+        .collect()
+}
+
+#[test]
+fn center_subtracts_each_layers_mean_before_cosine() {
+    let dir = scratch("center");
+    let body = "name = \"pairs\"\nkind = \"similarity\"\n[data]\nsource = \"pairs.csv\"\n[similarity]\ntext_a = \"a\"\ntext_b = \"b\"\nscore = \"score\"\n";
+    let plain = write(&dir, "plain/pairs.toml", body);
+    write(&dir, "plain/pairs.csv", &similarity_csv());
+    let centred = write(
+        &dir,
+        "centred/pairs.toml",
+        &format!("center = true\n{body}"),
+    );
+    write(&dir, "centred/pairs.csv", &similarity_csv());
+    let model = fixture("tiny-llama");
+    let off = eval_one(&plain, &model, &dir.join("r1"), &["--no-cache"], &[]);
+    let flag = eval_one(
+        &plain,
+        &model,
+        &dir.join("r2"),
+        &["--no-cache", "--center"],
+        &[],
+    );
+    let toml = eval_one(&centred, &model, &dir.join("r3"), &["--no-cache"], &[]);
+    assert_eq!(off.task.center, Some(false));
+    assert_eq!(
+        (flag.task.center, toml.task.center),
+        (Some(true), Some(true))
+    );
+    assert_eq!(
+        scores(&flag),
+        scores(&toml),
+        "--center and center = true disagree"
+    );
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+    let csv = dir.join("plain/pairs.csv");
+    for (r, center) in [(&off, false), (&flag, true)] {
+        let by_hand = hand_spearman(&model, &csv, center);
+        assert!(
+            close(&scores(r), &by_hand),
+            "center {center}: {:?} vs {by_hand:?}",
+            scores(r)
+        );
+    }
+    assert!(
+        !close(&scores(&off), &scores(&flag)),
+        "centring changed no layer's score"
+    );
+    // `--center false` overrides the task file.
+    let undone = eval_one(
+        &centred,
+        &model,
+        &dir.join("r4"),
+        &["--no-cache", "--center", "false"],
+        &[],
+    );
+    assert_eq!(scores(&undone), scores(&off));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn seed_chooses_the_subset_and_the_same_seed_repeats_it() {
+    let dir = scratch("seed");
+    let task_path = write(&dir, "reviews.toml", &documented_example());
+    write_reviews(&dir.join("reviews.csv"), 60);
+    let task = tasks::load(&task_path).unwrap();
+    let opts = |limit: Option<usize>, seed: u64| EvalOptions {
+        limit,
+        seed,
+        ..EvalOptions::default()
+    };
+    let texts = |limit, seed| tasks::classification::texts(&task, &opts(limit, seed)).unwrap();
+    let all = texts(None, 0);
+    assert_eq!(all.len(), 48);
+    for seed in [0, 1, 7] {
+        let expected: Vec<String> = harness::sampling::subset(all.len(), Some(10), seed)
+            .into_iter()
+            .map(|i| all[i].clone())
+            .collect();
+        assert_eq!(texts(Some(10), seed), expected, "seed {seed}");
+    }
+    assert_ne!(texts(Some(10), 0), texts(Some(10), 1));
+
+    // Through the command line: the embedding cache, keyed by the texts, is hit only
+    // when the seed repeats.
+    let cache = dir.join("cache");
+    let envs = [("HARNESS_CACHE", cache.to_str().unwrap())];
+    let model = fixture("tiny-gpt2");
+    let run = |seed: &str| {
+        eval_one(
+            &task_path,
+            &model,
+            &dir.join("results"),
+            &["--limit", "16", "--folds", "2", "--seed", seed],
+            &envs,
+        )
+    };
+    let first = run("1");
+    assert_eq!((first.settings.seed, first.timings.cache_hits), (1, 0));
+    let again = run("1");
+    assert_eq!(again.timings.cache_hits, 1);
+    assert_eq!(scores(&again), scores(&first));
+    assert_eq!(
+        run("2").timings.cache_hits,
+        0,
+        "seed 2 drew the same texts as seed 1"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A classification task over `source`, with extra `[data]` lines.
+fn data_task(dir: &Path, name: &str, source: &str, data: &str, labels: &str) -> tasks::LoadedTask {
+    let path = write(
+        dir,
+        &format!("{name}.toml"),
+        &format!("name = \"{name}\"\nkind = \"classification\"\n[data]\nsource = \"{source}\"\n{data}[labels]\n{labels}"),
+    );
+    tasks::load(&path).unwrap()
+}
+
+fn column(task: &tasks::LoadedTask, col: &str) -> Vec<String> {
+    (0..task.table.len())
+        .map(|r| task.table.text(r, col).unwrap())
+        .collect()
+}
+
+#[test]
+fn tsv_header_format_and_file_sources_are_read_as_documented() {
+    let dir = scratch("formats");
+    let labels = "text = \"text\"\ncolumn = \"label\"\n";
+    // TSV has no quoting: quotes and commas are part of the text.
+    write(
+        &dir,
+        "sub/rows.tsv",
+        "text\tlabel\nsay \"hi\", friend\ta\nplain words\tb\n",
+    );
+    let tsv = data_task(&dir, "tsv", "sub/rows.tsv", "", labels);
+    assert_eq!(column(&tsv, "text"), ["say \"hi\", friend", "plain words"]);
+    assert_eq!(column(&tsv, "label"), ["a", "b"]);
+    let file = data_task(&dir, "file", "file:sub/rows.tsv", "", labels);
+    assert_eq!(column(&file, "text"), column(&tsv, "text"));
+
+    // Without a header the first line is data and the columns are numbered.
+    write(
+        &dir,
+        "bare.tsv",
+        "first text\ta\nsecond text\tb\nthird text\ta\n",
+    );
+    let bare = data_task(
+        &dir,
+        "bare",
+        "bare.tsv",
+        "header = false\n",
+        "text = \"0\"\ncolumn = \"1\"\n",
+    );
+    assert_eq!(bare.table.columns, ["0", "1"]);
+    assert_eq!(
+        column(&bare, "0"),
+        ["first text", "second text", "third text"]
+    );
+    let headed = data_task(&dir, "headed", "bare.tsv", "", labels);
+    assert_eq!(
+        headed.table.len(),
+        2,
+        "with the default header the first line names columns"
+    );
+
+    // `format` overrides the extension: CSV in a .dat file, JSON Lines in a .txt file
+    // (which would otherwise be read as TSV).
+    write(&dir, "rows.dat", "text,label\n\"a, quoted\",a\nnext,b\n");
+    let dat = data_task(&dir, "dat", "rows.dat", "format = \"csv\"\n", labels);
+    assert_eq!(column(&dat, "text"), ["a, quoted", "next"]);
+    write(
+        &dir,
+        "rows.txt",
+        "{\"text\": \"json one\", \"label\": \"a\"}\n{\"text\": \"json two\", \"label\": \"b\"}\n",
+    );
+    let jsonl = data_task(&dir, "jsonl", "rows.txt", "format = \"jsonl\"\n", labels);
+    assert_eq!(column(&jsonl, "text"), ["json one", "json two"]);
+    let err = format!(
+        "{:#}",
+        tasks::load(&write(&dir, "nofmt.toml", &format!("name = \"n\"\nkind = \"classification\"\n[data]\nsource = \"rows.dat\"\n[labels]\n{labels}"))).err().unwrap()
+    );
+    assert!(err.contains("set `format`"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn filter_keeps_exactly_the_matching_rows() {
+    let dir = scratch("filter");
+    let mut csv = String::from("text,book,chapter\n");
+    for i in 0..12 {
+        let book = ["Emma", "Persuasion", "Emma"][i % 3];
+        csv.push_str(&format!("line {i},{book},{}\n", i % 4));
+    }
+    write(&dir, "lines.csv", &csv);
+    let labels = "text = \"text\"\ncolumn = \"book\"\n";
+    let all = data_task(&dir, "all", "lines.csv", "", labels);
+    let expect = |keep: &dyn Fn(usize) -> bool| -> Vec<String> {
+        (0..12)
+            .filter(|&i| keep(i))
+            .map(|i| format!("line {i}"))
+            .collect()
+    };
+    assert_eq!(column(&all, "text"), expect(&|_| true));
+    let book = data_task(
+        &dir,
+        "book",
+        "lines.csv",
+        "filter = { book = \"Persuasion\" }\n",
+        labels,
+    );
+    assert_eq!(column(&book, "text"), expect(&|i| i % 3 == 1));
+    // A number matches the CSV cell's text; every key must match.
+    let both = data_task(
+        &dir,
+        "both",
+        "lines.csv",
+        "filter = { book = \"Emma\", chapter = 2 }\n",
+        labels,
+    );
+    assert_eq!(column(&both, "text"), expect(&|i| i % 3 != 1 && i % 4 == 2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn dedupe_drops_repeats_and_conflicting_texts() {
+    let dir = scratch("dedupe");
+    write(
+        &dir,
+        "rows.csv",
+        "text,label\ngreat,pos\nawful,neg\ngreat,pos\nfine,pos\nfine,neg\nlovely,pos\nbad,neg\nawful,neg\n",
+    );
+    let labels = "text = \"text\"\ncolumn = \"label\"\n";
+    let texts =
+        |t: &tasks::LoadedTask| tasks::classification::texts(t, &EvalOptions::default()).unwrap();
+    let kept = data_task(&dir, "kept", "rows.csv", "", labels);
+    assert_eq!(
+        texts(&kept),
+        ["great", "awful", "great", "fine", "fine", "lovely", "bad", "awful"]
+    );
+    let deduped = data_task(
+        &dir,
+        "deduped",
+        "rows.csv",
+        "",
+        &format!("{labels}dedupe = true\n"),
+    );
+    assert_eq!(texts(&deduped), ["great", "awful", "lovely", "bad"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn answer_map_turns_answer_values_into_choices() {
+    let dir = scratch("answers");
+    let questions = [
+        "Is the sky blue",
+        "Is fire cold",
+        "Can birds fly",
+        "Is ice hot",
+        "Do cats bark",
+        "Is the sea wet",
+    ];
+    let (mut coded, mut direct) = (String::from("question,label\n"), String::new());
+    for (i, q) in questions.iter().enumerate() {
+        let yes = i % 3 != 0;
+        coded.push_str(&format!("{q},{}\n", u8::from(yes)));
+        direct.push_str(&format!(
+            "{{\"question\": \"{q}\", \"answer\": \"{}\"}}\n",
+            if yes { " yes" } else { " no" }
+        ));
+    }
+    write(&dir, "coded.csv", &coded);
+    write(&dir, "direct.jsonl", &direct);
+    let task = |name: &str, source: &str, answer: &str, map: &str| {
+        let path = write(
+            &dir,
+            &format!("{name}.toml"),
+            &format!("name = \"{name}\"\nkind = \"generation\"\n[data]\nsource = \"{source}\"\n[generation]\nmode = \"choice\"\nprompt = \"Q: {{question}}? A:\"\nchoices = [\" yes\", \" no\"]\nanswer = \"{answer}\"\n{map}"),
+        );
+        tasks::load(&path).unwrap()
+    };
+    let tasks = [
+        task(
+            "mapped",
+            "coded.csv",
+            "label",
+            "answer_map = { \"1\" = \" yes\", \"0\" = \" no\" }\n",
+        ),
+        task("direct", "direct.jsonl", "answer", ""),
+        task(
+            "swapped",
+            "coded.csv",
+            "label",
+            "answer_map = { \"1\" = \" no\", \"0\" = \" yes\" }\n",
+        ),
+    ];
+    let model = harness::loader::load(&fixture("tiny-llama")).unwrap();
+    let opts = EvalOptions {
+        resamples: 20,
+        use_cache: false,
+        quiet: true,
+        ..EvalOptions::default()
+    };
+    let r = evaluate(&model, &tasks, &opts).unwrap();
+    assert_eq!(r[0].info["answer_counts"], serde_json::json!([4, 2]));
+    assert_eq!(
+        scores(&r[0]),
+        scores(&r[1]),
+        "the map and the written-out answers disagree"
+    );
+    for (mapped, swapped) in scores(&r[0]).iter().zip(scores(&r[2])) {
+        assert!(
+            (mapped + swapped - 1.0).abs() < 1e-12,
+            "{mapped} + {swapped}"
+        );
+    }
+    // Four answers are " yes" and two " no": accuracy is 0.5 at no layer, so the swap shows.
+    assert!(scores(&r[0]).iter().all(|&s| s != 0.5));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

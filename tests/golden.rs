@@ -206,8 +206,13 @@ fn compare(model: &LoadedModel, g: &Golden, batched: bool) -> (f32, String) {
 }
 
 fn check_case(case: &str) {
+    check_model(case, &golden(case).meta.model);
+}
+
+/// Checks `model` (a `--model` argument) against the golden activations of `case`.
+fn check_model(case: &str, model: &str) {
     let g = golden(case);
-    let model = load_model(&g.meta.model);
+    let model = load_model(model);
     assert_eq!(model.model.num_layers(), g.meta.num_layers);
 
     let ids: Vec<Vec<u32>> = g
@@ -252,6 +257,19 @@ fn tiny_mistral_matches_transformers() {
 #[test]
 fn tiny_qwen2_matches_transformers() {
     check_case("tiny-qwen2");
+}
+
+/// The same weights converted to GGUF by `scripts/reference/make_tiny_gguf.py`: Qwen2's
+/// unpermuted Q/K and biases, Mistral's permuted Q/K and sliding window, and the byte-level
+/// tokenizer rebuilt from GGUF metadata must give transformers' activations too.
+#[test]
+fn tiny_qwen2_gguf_matches_transformers() {
+    check_model("tiny-qwen2", "tests/fixtures/tiny-qwen2.gguf");
+}
+
+#[test]
+fn tiny_mistral_gguf_matches_transformers() {
+    check_model("tiny-mistral", "tests/fixtures/tiny-mistral.gguf");
 }
 
 #[test]

@@ -254,6 +254,22 @@ fn fake_repos() -> Vec<FakeRepo> {
         },
         FakeRepo {
             kind: "models",
+            id: "org/tiny-qwen2",
+            commit: COMMIT,
+            private: false,
+            files: files(
+                ["config.json", "tokenizer.json", "tokenizer_config.json"]
+                    .into_iter()
+                    .map(|f| (f, FakeFile::text(&fs::read_to_string(fixture(f)).unwrap())))
+                    .chain([(
+                        "model.safetensors",
+                        FakeFile::lfs(fs::read(fixture("model.safetensors")).unwrap()),
+                    )])
+                    .collect(),
+            ),
+        },
+        FakeRepo {
+            kind: "models",
             id: "org/private",
             commit: COMMIT,
             private: true,
@@ -511,6 +527,13 @@ fn percent_decode(s: &str) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A file of the tiny Qwen2 test model, served as `org/tiny-qwen2`.
+fn fixture(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny-qwen2")
+        .join(file)
 }
 
 fn tiny() -> HubRepo {
@@ -1049,4 +1072,68 @@ fn repo_specs_parse_and_print_back() {
     let escaping = tiny().at("../../x");
     assert!(hub.download(&escaping, "config.json").is_err());
     assert!(hub.download(&tiny(), "../config.json").is_err());
+}
+
+/// `--model hf:org/name` goes through the loader: the binary, pointed at the fake hub
+/// by the same variables as huggingface_hub, downloads the repository and gives the
+/// same vectors as the local copy of the model it serves.
+#[test]
+fn hf_models_load_through_the_loader() {
+    let fake = FakeHub::start("loader");
+    let scratch = fake.cache.with_extension("work");
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch).unwrap();
+    let input = scratch.join("texts.txt");
+    fs::write(&input, "The cat sat on the mat.\nHello, world!\n").unwrap();
+    let embed = |model: &str, out: &Path| -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+            .args(["embed", "--quiet", "--model", model, "--input"])
+            .arg(&input)
+            .arg("--out")
+            .arg(out)
+            .env("HF_ENDPOINT", format!("http://{}", fake.hub))
+            .env("HF_HUB_CACHE", &fake.cache)
+            .env("HF_HOME", &scratch)
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_OFFLINE")
+            .output()
+            .unwrap()
+    };
+    let read = |path: &Path| -> Vec<f32> {
+        let t = candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap();
+        t["embeddings"].flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let out = embed("hf:org/tiny-qwen2", &scratch.join("hub.safetensors"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = fake.take_log();
+    assert!(
+        log.iter().any(|r| r.on_cdn
+            && r.body_bytes == fs::metadata(fixture("model.safetensors")).unwrap().len() as usize),
+        "the weights were not downloaded: {log:?}"
+    );
+    let snapshot = fake
+        .repo_dir("models--org--tiny-qwen2")
+        .join("snapshots")
+        .join(COMMIT);
+    assert!(snapshot.join("model.safetensors").is_file());
+    let local = fixture("config.json")
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let out = embed(&local, &scratch.join("local.safetensors"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        read(&scratch.join("hub.safetensors")),
+        read(&scratch.join("local.safetensors"))
+    );
+    fs::remove_dir_all(&scratch).unwrap();
 }

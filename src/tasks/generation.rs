@@ -281,6 +281,48 @@ fn render(template: &str, task: &LoadedTask, row: usize) -> Result<String> {
     Ok(out)
 }
 
+/// One layer's multiple-choice verdicts: per example, 1 when the right choice has the
+/// highest summed log-probability (ties go to the earlier choice), else 0; and the
+/// mean margin of the right choice over the best other one. `parts[example][choice]`
+/// lists the readings whose log-probabilities add up to that choice's.
+fn score_choices(
+    layer: &[LensReading],
+    parts: &[Vec<Vec<usize>>],
+    answers: &[usize],
+) -> (Vec<f64>, f64) {
+    let mut right = Vec::with_capacity(parts.len());
+    let mut margin = 0.0;
+    for (example, &gold) in parts.iter().zip(answers) {
+        let scores: Vec<f64> = example
+            .iter()
+            .enumerate()
+            .map(|(c, ids)| {
+                ids.iter()
+                    .map(|&q| {
+                        let r = &layer[q];
+                        // A shared query holds every option's log-probability.
+                        (if r.logprobs.len() > 1 {
+                            r.logprobs[c]
+                        } else {
+                            r.logprobs[0]
+                        }) as f64
+                    })
+                    .sum()
+            })
+            .collect();
+        let best = (0..scores.len()).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
+        let other = scores
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != gold)
+            .map(|(_, &s)| s)
+            .fold(f64::NEG_INFINITY, f64::max);
+        margin += scores[gold] - other;
+        right.push(f64::from(u8::from(best == gold)));
+    }
+    (right, margin / parts.len() as f64)
+}
+
 fn choice(
     task: &LoadedTask,
     env: &mut Env,
@@ -386,40 +428,8 @@ fn choice(
     let mut correct = Vec::with_capacity(readings.len());
     let mut extra = Vec::with_capacity(readings.len());
     for layer in &readings {
-        let mut right = Vec::with_capacity(parts.len());
-        let mut margin = 0.0;
-        for (example, &gold) in parts.iter().zip(&answers) {
-            let scores: Vec<f64> = example
-                .iter()
-                .enumerate()
-                .map(|(c, ids)| {
-                    ids.iter()
-                        .map(|&q| {
-                            let r = &layer[q];
-                            // A shared query holds every option's log-probability.
-                            (if r.logprobs.len() > 1 {
-                                r.logprobs[c]
-                            } else {
-                                r.logprobs[0]
-                            }) as f64
-                        })
-                        .sum()
-                })
-                .collect();
-            let best = (0..scores.len()).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
-            let other = scores
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| i != gold)
-                .map(|(_, &s)| s)
-                .fold(f64::NEG_INFINITY, f64::max);
-            margin += scores[gold] - other;
-            right.push(f64::from(u8::from(best == gold)));
-        }
-        extra.push(BTreeMap::from([(
-            "mean_margin".to_string(),
-            margin / parts.len() as f64,
-        )]));
+        let (right, margin) = score_choices(layer, &parts, &answers);
+        extra.push(BTreeMap::from([("mean_margin".to_string(), margin)]));
         correct.push(right);
     }
     let mut counts = vec![0usize; choices.len()];
@@ -430,4 +440,71 @@ fn choice(
         ("lens".to_string(), serde_json::json!("final norm + unembedding applied to each layer; the option with the highest summed log-probability wins")),
     ]);
     Ok(Scored::accuracy(correct, extra, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scores::ItemStatistic;
+
+    /// The lens reading is the log-softmax at the targets: for logits [2, 0, -1, 1]
+    /// the normaliser is ln(e^2 + 1 + e^-1 + e^1), and token 0 is the argmax.
+    #[test]
+    fn reading_is_the_log_softmax_of_the_logits() {
+        let logits = [2.0f32, 0.0, -1.0, 1.0];
+        let lse = (2f64.exp() + 1.0 + (-1f64).exp() + 1f64.exp()).ln();
+        let r = read(&logits, &[3, 0]);
+        assert!((r.logprobs[0] as f64 - (1.0 - lse)).abs() < 1e-6);
+        assert!((r.logprobs[1] as f64 - (2.0 - lse)).abs() < 1e-6);
+        assert!(!r.top1, "the first target, 3, is not the most likely token");
+        assert!(read(&logits, &[0]).top1);
+    }
+
+    /// Choice accuracy from hand-built log-probabilities. Example 0 reads both options
+    /// at one position (-0.5 vs -1.2: right, margin 0.7); example 1's first option has
+    /// two tokens (-1 + -1 = -2 vs -1.5: wrong, margin -0.5); example 2 is a tie (-1 vs
+    /// -1), which goes to the first option while the answer is the second (wrong,
+    /// margin 0). Accuracy 1/3, mean margin 0.2/3.
+    #[test]
+    fn choice_accuracy_from_hand_built_log_probabilities() {
+        let reading = |logprobs: &[f32]| LensReading {
+            logprobs: logprobs.to_vec(),
+            top1: false,
+        };
+        let layer = [
+            reading(&[-0.5, -1.2]),
+            reading(&[-1.0]),
+            reading(&[-1.0]),
+            reading(&[-1.5]),
+            reading(&[-1.0]),
+            reading(&[-1.0]),
+        ];
+        let parts = vec![
+            vec![vec![0], vec![0]],
+            vec![vec![1, 2], vec![3]],
+            vec![vec![4], vec![5]],
+        ];
+        let (right, margin) = score_choices(&layer, &parts, &[0, 0, 1]);
+        assert_eq!(right, [1.0, 0.0, 0.0]);
+        assert!((margin - 0.2 / 3.0).abs() < 1e-6, "{margin}");
+        let accuracy = Scored::accuracy(vec![right], Vec::new(), BTreeMap::new());
+        assert!((accuracy.main.value(0, &[0, 1, 2]) - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    /// Perplexity from hand-built logits: a uniform row over 4 tokens gives the target
+    /// probability 1/4, the row [0, ln 3, 0, 0] gives token 1 probability 3/6, so the
+    /// document's perplexity is exp((ln 4 + ln 2) / 2) = sqrt(8).
+    #[test]
+    fn perplexity_from_hand_built_logits() {
+        let rows: [([f32; 4], u32); 2] = [([0.0; 4], 2), ([0.0, 3f32.ln(), 0.0, 0.0], 1)];
+        let nll: f64 = rows
+            .iter()
+            .map(|(logits, t)| -(read(logits, &[*t]).logprobs[0] as f64))
+            .sum();
+        let p = PerplexityOfItems {
+            nll: vec![vec![nll]],
+            tokens: vec![2.0],
+        };
+        assert!((p.value(0, &[0]) - 8f64.sqrt()).abs() < 1e-6);
+    }
 }
