@@ -19,6 +19,7 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
     let result = write(&tmp).and_then(|()| {
+        crate::faults::pause_at("write", &path.to_string_lossy());
         std::fs::rename(&tmp, path)
             .with_context(|| format!("cannot move the result into {}", path.display()))
     });
