@@ -98,7 +98,7 @@ impl<'a> Env<'a> {
             } else {
                 None
             },
-            fingerprint: model.source.fingerprint()?,
+            fingerprint: model.fingerprint()?,
             memo: HashMap::new(),
             forward_seconds: 0.0,
             tokens: 0,
@@ -127,7 +127,9 @@ impl<'a> Env<'a> {
             if self.memo.contains_key(&key) || missing.iter().any(|(k, _, _)| *k == key) {
                 continue;
             }
-            if let Some(hit) = self.cache.as_ref().and_then(|c| c.load(&key, texts.len())) {
+            let cfg = &self.model.model.config;
+            let shape = [texts.len(), cfg.num_layers + 1, cfg.hidden_size];
+            if let Some(hit) = self.cache.as_ref().and_then(|c| c.load(&key, shape)) {
                 self.cache_hits += 1;
                 self.memo.insert(key, Arc::new(hit));
             } else {
@@ -353,7 +355,14 @@ pub fn evaluate(
             tokens: env.tokens,
             cache_hits: env.cache_hits,
         };
-        results.push(summarize(model, task, scored, opts, timings)?);
+        results.push(summarize(
+            model,
+            &env.fingerprint,
+            task,
+            scored,
+            opts,
+            timings,
+        )?);
     }
     Ok(results)
 }
@@ -361,6 +370,7 @@ pub fn evaluate(
 /// Turns per-layer statistics into scores with intervals, the peak and the verdict.
 fn summarize(
     model: &LoadedModel,
+    fingerprint: &str,
     task: &LoadedTask,
     scored: Scored,
     opts: &EvalOptions,
@@ -449,7 +459,7 @@ fn summarize(
             architecture: cfg.architecture.clone(),
             num_layers: cfg.num_layers,
             hidden_size: cfg.hidden_size,
-            fingerprint: model.source.fingerprint()?,
+            fingerprint: fingerprint.to_string(),
         },
         task: TaskSummary {
             name: task.spec.name.clone(),

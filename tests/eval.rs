@@ -1,6 +1,7 @@
 //! `harness eval` end to end: every shipped task on a small slice of both shipped
 //! models, a task written from the documentation on a user's own file, the embedding
-//! cache, Hugging Face datasets over a loopback server, and bad input.
+//! cache (and a registry model's file replaced under it), Hugging Face datasets over a
+//! loopback server, and bad input.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -474,5 +475,63 @@ fn bad_tasks_and_data_fail_with_one_clear_line() {
         "more than the model's context of 64",
     );
     assert!(!results.exists(), "a failed run wrote results");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The documented example task with `rows` reviews in `dir`; returns the task file.
+fn reviews_task(dir: &Path, rows: usize) -> String {
+    std::fs::write(dir.join("reviews.toml"), documented_example()).unwrap();
+    write_reviews(&dir.join("reviews.csv"), rows);
+    dir.join("reviews.toml").display().to_string()
+}
+
+#[test]
+fn a_replaced_registry_model_gets_its_own_cache_entries() {
+    let dir = scratch("replaced");
+    let task = reviews_task(&dir, 40);
+    let (home, cache, out) = (dir.join("home"), dir.join("cache"), dir.join("out"));
+    let asset = |alias: &str| harness::assets::find_model(alias).unwrap().unwrap();
+    let installed = home.join(&asset("smollm2").file);
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    let run = || -> (EvalResult, String) {
+        let envs = [
+            ("HARNESS_HOME", home.to_str().unwrap()),
+            ("HARNESS_CACHE", cache.to_str().unwrap()),
+        ];
+        let o = harness(
+            &[
+                "eval",
+                "--task",
+                &task,
+                "--model",
+                "smollm2",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &envs,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let json = std::fs::read_to_string(out.join("smollm2/reviews.json")).unwrap();
+        (serde_json::from_str(&json).unwrap(), stderr(&o))
+    };
+    let real = harness::assets::harness_home().unwrap();
+    std::os::unix::fs::symlink(real.join(&asset("smollm2").file), &installed).unwrap();
+    let (first, _) = run();
+    assert_eq!(first.layers.len(), 31);
+    // Someone puts another model where the registry's file was.
+    std::fs::remove_file(&installed).unwrap();
+    std::os::unix::fs::symlink(real.join(&asset("gemma3").file), &installed).unwrap();
+    let (second, warning) = run();
+    assert_eq!(
+        second.timings.cache_hits, 0,
+        "served the old model's vectors"
+    );
+    assert_eq!(second.model.num_layers, 18);
+    assert_eq!(second.layers.len(), 19, "the old model's layers");
+    assert_eq!(second.model.fingerprint, asset("gemma3").sha256);
+    assert!(
+        warning.contains("is not the file the registry names"),
+        "{warning}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
