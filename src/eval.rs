@@ -15,7 +15,7 @@ use crate::embed::{self, Encoding};
 use crate::loader::LoadedModel;
 use crate::metrics;
 use crate::models::Intervention;
-use crate::output::write_bytes_atomic;
+use crate::output::{lock_for_writing, write_bytes_atomic, WriteLock};
 use crate::progress::Progress;
 use crate::scores::Scored;
 use crate::tasks::LoadedTask;
@@ -508,15 +508,45 @@ fn summarize(
 /// for a run with the ablation, so that it sits next to the baseline instead of
 /// replacing it.
 pub fn result_path(dir: &Path, result: &EvalResult) -> PathBuf {
-    let ablate = &result.settings.ablate;
+    result_file(
+        dir,
+        &result.model.name,
+        &result.task.name,
+        &result.settings.ablate,
+    )
+}
+
+fn result_file(dir: &Path, model: &str, task: &str, ablate: &[usize]) -> PathBuf {
     let suffix = if ablate.is_empty() {
         String::new()
     } else {
         let blocks: Vec<String> = ablate.iter().map(usize::to_string).collect();
         format!(".ablate-{}", blocks.join("-"))
     };
-    dir.join(file_safe(&result.model.name))
-        .join(format!("{}{suffix}.json", file_safe(&result.task.name)))
+    dir.join(file_safe(model))
+        .join(format!("{}{suffix}.json", file_safe(task)))
+}
+
+/// Claims every result file a run of `tasks` will write under `dir`, before the
+/// work starts, so that a second run on the same files fails at once instead of
+/// silently overwriting (or being overwritten by) this one. Hold them until written.
+pub fn lock_results(
+    dir: &Path,
+    model: &LoadedModel,
+    tasks: &[LoadedTask],
+    opts: &EvalOptions,
+) -> Result<Vec<WriteLock>> {
+    tasks
+        .iter()
+        .map(|t| {
+            lock_for_writing(&result_file(
+                dir,
+                &model.source.name,
+                &t.spec.name,
+                &opts.intervention.ablate_first_mlp,
+            ))
+        })
+        .collect()
 }
 
 /// Writes a result file atomically.

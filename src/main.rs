@@ -301,6 +301,7 @@ fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
         folds: args.folds,
         quiet,
     };
+    let _locks = harness::eval::lock_results(&args.out, &model, &tasks, &opts)?;
     let results = harness::eval::evaluate(&model, &tasks, &opts)?;
     for result in &results {
         let path = harness::eval::write_result(&args.out, result)?;
