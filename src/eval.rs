@@ -98,7 +98,7 @@ impl<'a> Env<'a> {
             } else {
                 None
             },
-            fingerprint: model.fingerprint()?,
+            fingerprint: model.fingerprint(opts.use_cache)?,
             memo: HashMap::new(),
             forward_seconds: 0.0,
             tokens: 0,

@@ -108,12 +108,17 @@ impl Snapshot {
     }
 
     /// The digest of the loaded bytes: a single file's own sha256, or the sha256 of
-    /// the files' digests. Computed once; the snapshot's model never changes.
-    pub fn digest(&self) -> Result<String> {
-        self.digest_remembered_in(&cache_root()?.join("fingerprints"))
+    /// the files' digests. Computed once; the snapshot's model never changes. With
+    /// `remember`, digests are looked up and stored under `$HARNESS_CACHE`.
+    pub fn digest(&self, remember: bool) -> Result<String> {
+        let memo_dir = match remember {
+            true => Some(cache_root()?.join("fingerprints")),
+            false => None,
+        };
+        self.digest_remembered_in(memo_dir.as_deref())
     }
 
-    fn digest_remembered_in(&self, memo_dir: &Path) -> Result<String> {
+    fn digest_remembered_in(&self, memo_dir: Option<&Path>) -> Result<String> {
         if let Some(d) = self.digest.get() {
             return Ok(d.clone());
         }
@@ -140,10 +145,11 @@ fn remembered_path(path: &Path, memo_dir: &Path) -> PathBuf {
 
 /// The sha256 of `path`, which must still have `stamp`: remembered if it has not
 /// changed since it was last hashed, else hashed now and remembered.
-fn file_digest(path: &Path, stamp: &Stamp, memo_dir: &Path) -> Result<String> {
-    let memo = remembered_path(path, memo_dir);
-    let remembered = std::fs::read(&memo)
-        .ok()
+fn file_digest(path: &Path, stamp: &Stamp, memo_dir: Option<&Path>) -> Result<String> {
+    let memo = memo_dir.map(|dir| remembered_path(path, dir));
+    let remembered = memo
+        .as_ref()
+        .and_then(|m| std::fs::read(m).ok())
         .and_then(|b| serde_json::from_slice::<Remembered>(&b).ok());
     if let Some(r) = remembered.filter(|r| r.stamp == *stamp) {
         return Ok(r.sha256);
@@ -170,7 +176,7 @@ fn file_digest(path: &Path, stamp: &Stamp, memo_dir: &Path) -> Result<String> {
         sha256: sha256.clone(),
     };
     // Remembering only saves time later, so a read-only cache is no error.
-    if let Ok(json) = serde_json::to_vec(&record) {
+    if let (Some(memo), Ok(json)) = (memo, serde_json::to_vec(&record)) {
         let _ = write_bytes_atomic(&memo, &json);
     }
     Ok(sha256)
@@ -192,8 +198,15 @@ mod tests {
         let file = dir.join("model.gguf");
         std::fs::write(&file, b"old weights").unwrap();
         let first = Snapshot::take(vec![file.clone()]).unwrap();
+        // Without remembering, nothing is written.
+        let unremembered = Snapshot::take(vec![file.clone()]).unwrap();
         assert_eq!(
-            first.digest_remembered_in(&memo).unwrap(),
+            unremembered.digest_remembered_in(None).unwrap(),
+            sha(b"old weights")
+        );
+        assert!(!memo.exists());
+        assert_eq!(
+            first.digest_remembered_in(Some(&memo)).unwrap(),
             sha(b"old weights")
         );
         // A later run trusts the remembered digest while the file is untouched...
@@ -202,7 +215,10 @@ mod tests {
         let mut r: Remembered = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
         r.sha256 = "remembered".into();
         std::fs::write(&record, serde_json::to_vec(&r).unwrap()).unwrap();
-        assert_eq!(again.digest_remembered_in(&memo).unwrap(), "remembered");
+        assert_eq!(
+            again.digest_remembered_in(Some(&memo)).unwrap(),
+            "remembered"
+        );
         // ...but not once the file is replaced by one of the same size.
         let tmp = dir.join("new");
         std::fs::write(&tmp, b"new weights").unwrap();
@@ -210,7 +226,7 @@ mod tests {
         assert!(first.check_unchanged().is_err());
         let second = Snapshot::take(vec![file.clone()]).unwrap();
         assert_eq!(
-            second.digest_remembered_in(&memo).unwrap(),
+            second.digest_remembered_in(Some(&memo)).unwrap(),
             sha(b"new weights")
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -219,8 +219,9 @@ impl LoadedModel {
     /// A digest of the bytes this model was loaded from, for cache keys and results;
     /// computed once per run, and an error when a file has changed since loading
     /// and was not hashed before, since its digest would describe other bytes.
-    pub fn fingerprint(&self) -> Result<String> {
-        let digest = self.files.digest()?;
+    /// `remember`: look up and store file digests in the cache (not with `--no-cache`).
+    pub fn fingerprint(&self, remember: bool) -> Result<String> {
+        let digest = self.files.digest(remember)?;
         if let Some(expected) = self.source.registry_sha256.as_deref() {
             if expected != digest {
                 eprintln!(
