@@ -1,13 +1,14 @@
 //! A cache of pooled embeddings, so re-running probes or another metric on the same
 //! texts costs no forward pass. Entries are keyed by everything that changes the
 //! vectors: the model's weights, the texts, the pooling, the BOS policy, truncation
-//! and any ablation. Entries are written atomically; an unreadable entry is a miss.
+//! and any ablation. Entries are written atomically; an unreadable entry, or one of another shape
+//! or dtype, is a miss.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -52,14 +53,18 @@ pub struct EmbeddingCache {
     dir: PathBuf,
 }
 
+/// `$HARNESS_CACHE`, by default `$HARNESS_HOME/cache`: what can be recomputed.
+pub fn cache_root() -> Result<PathBuf> {
+    Ok(match std::env::var_os("HARNESS_CACHE") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => harness_home()?.join("cache"),
+    })
+}
+
 impl EmbeddingCache {
     pub fn open() -> Result<Self> {
-        let root = match std::env::var_os("HARNESS_CACHE") {
-            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-            _ => harness_home()?.join("cache"),
-        };
         Ok(Self {
-            dir: root.join("embeddings"),
+            dir: cache_root()?.join("embeddings"),
         })
     }
 
@@ -67,21 +72,24 @@ impl EmbeddingCache {
         self.dir.join(format!("{digest}.safetensors"))
     }
 
-    /// The entry for `digest`, if present and readable with the expected shape.
-    pub fn load(&self, digest: &str, n: usize) -> Option<Pooled> {
-        let tensors = candle_core::safetensors::load(self.path(digest), &Device::Cpu).ok()?;
-        let t = tensors.get("embeddings")?;
-        let (rows, layers, hidden) = t.dims3().ok()?;
-        if rows != n {
+    /// The entry for `digest` if it holds f32 vectors of exactly `shape`
+    /// (`[texts, layers, hidden]`). Anything else is a miss: silent when there is no
+    /// entry, with a warning when there is one that cannot be used.
+    pub fn load(&self, digest: &str, shape: [usize; 3]) -> Option<Pooled> {
+        let path = self.path(digest);
+        if !path.is_file() {
             return None;
         }
-        let data = t.flatten_all().ok()?.to_vec1::<f32>().ok()?;
-        Some(Pooled {
-            data,
-            n,
-            layers,
-            hidden,
-        })
+        match read_entry(&path, shape) {
+            Ok(pooled) => Some(pooled),
+            Err(e) => {
+                eprintln!(
+                    "warning: ignoring the cache entry {}: {e:#}; computing it again",
+                    path.display()
+                );
+                None
+            }
+        }
     }
 
     /// Stores an entry, whole or not at all.
@@ -97,5 +105,55 @@ impl EmbeddingCache {
             candle_core::safetensors::save(&map, tmp)
                 .with_context(|| format!("cannot write the cache entry {}", tmp.display()))
         })
+    }
+}
+
+/// Reads an entry, refusing one of another dtype or shape.
+fn read_entry(path: &Path, shape: [usize; 3]) -> Result<Pooled> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+    let t = tensors
+        .get("embeddings")
+        .context("it has no tensor 'embeddings'")?;
+    if t.dtype() != DType::F32 || t.dims() != shape {
+        bail!(
+            "it holds {:?} {:?}, expected F32 {shape:?}",
+            t.dtype(),
+            t.dims()
+        );
+    }
+    let [n, layers, hidden] = shape;
+    Ok(Pooled {
+        data: t.flatten_all()?.to_vec1::<f32>()?,
+        n,
+        layers,
+        hidden,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_of_another_shape_or_dtype_are_misses() {
+        let dir = std::env::temp_dir().join(format!("harness-cache-{}", std::process::id()));
+        let cache = EmbeddingCache { dir: dir.clone() };
+        let pooled = Pooled {
+            data: (0..12).map(|i| i as f32).collect(),
+            n: 2,
+            layers: 2,
+            hidden: 3,
+        };
+        cache.store("k", &pooled).unwrap();
+        assert_eq!(cache.load("k", [2, 2, 3]).unwrap().data, pooled.data);
+        // Same rows, the layers of a 31-layer model: another model's entry.
+        assert!(cache.load("k", [2, 31, 576]).is_none());
+        assert!(cache.load("k", [3, 2, 3]).is_none());
+        let f64s = Tensor::zeros((2, 2, 3), DType::F64, &Device::Cpu).unwrap();
+        let map = HashMap::from([("embeddings".to_string(), f64s)]);
+        candle_core::safetensors::save(&map, cache.path("k")).unwrap();
+        assert!(cache.load("k", [2, 2, 3]).is_none());
+        assert!(cache.load("absent", [2, 2, 3]).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -163,6 +163,9 @@ pub fn run(
             .collect();
         let batch = Batch::new(rows, pad_id)?;
         model.forward(&batch, intervention, capture)?;
+        if start == 0 {
+            crate::faults::pause_at("forward", "");
+        }
         progress.inc(batch.lens.iter().sum::<usize>() as u64);
         start = end;
     }

@@ -15,7 +15,7 @@ use crate::embed::{self, Encoding};
 use crate::loader::LoadedModel;
 use crate::metrics;
 use crate::models::Intervention;
-use crate::output::write_bytes_atomic;
+use crate::output::{lock_for_writing, write_bytes_atomic, WriteLock};
 use crate::progress::Progress;
 use crate::scores::Scored;
 use crate::tasks::LoadedTask;
@@ -119,7 +119,7 @@ impl<'a> Env<'a> {
             } else {
                 None
             },
-            fingerprint: model.source.fingerprint()?,
+            fingerprint: model.fingerprint(opts.use_cache)?,
             memo: HashMap::new(),
             forward_seconds: 0.0,
             tokens: 0,
@@ -148,7 +148,9 @@ impl<'a> Env<'a> {
             if self.memo.contains_key(&key) || missing.iter().any(|(k, _, _)| *k == key) {
                 continue;
             }
-            if let Some(hit) = self.cache.as_ref().and_then(|c| c.load(&key, texts.len())) {
+            let cfg = &self.model.model.config;
+            let shape = [texts.len(), cfg.num_layers + 1, cfg.hidden_size];
+            if let Some(hit) = self.cache.as_ref().and_then(|c| c.load(&key, shape)) {
                 self.cache_hits += 1;
                 self.memo.insert(key, Arc::new(hit));
             } else {
@@ -383,7 +385,14 @@ pub fn evaluate(
             tokens: env.tokens,
             cache_hits: env.cache_hits,
         };
-        results.push(summarize(model, task, scored, opts, timings)?);
+        results.push(summarize(
+            model,
+            &env.fingerprint,
+            task,
+            scored,
+            opts,
+            timings,
+        )?);
     }
     Ok(results)
 }
@@ -391,6 +400,7 @@ pub fn evaluate(
 /// Turns per-layer statistics into scores with intervals, the peak and the verdict.
 fn summarize(
     model: &LoadedModel,
+    fingerprint: &str,
     task: &LoadedTask,
     scored: Scored,
     opts: &EvalOptions,
@@ -479,7 +489,7 @@ fn summarize(
             architecture: cfg.architecture.clone(),
             num_layers: cfg.num_layers,
             hidden_size: cfg.hidden_size,
-            fingerprint: model.source.fingerprint()?,
+            fingerprint: fingerprint.to_string(),
         },
         task: TaskSummary {
             name: task.spec.name.clone(),
@@ -538,15 +548,45 @@ impl EvalResult {
 /// for a run with the ablation, so that it sits next to the baseline instead of
 /// replacing it.
 pub fn result_path(dir: &Path, result: &EvalResult) -> PathBuf {
-    let ablate = &result.settings.ablate;
+    result_file(
+        dir,
+        &result.model.name,
+        &result.task.name,
+        &result.settings.ablate,
+    )
+}
+
+fn result_file(dir: &Path, model: &str, task: &str, ablate: &[usize]) -> PathBuf {
     let suffix = if ablate.is_empty() {
         String::new()
     } else {
         let blocks: Vec<String> = ablate.iter().map(usize::to_string).collect();
         format!(".ablate-{}", blocks.join("-"))
     };
-    dir.join(file_safe(&result.model.name))
-        .join(format!("{}{suffix}.json", file_safe(&result.task.name)))
+    dir.join(file_safe(model))
+        .join(format!("{}{suffix}.json", file_safe(task)))
+}
+
+/// Claims every result file a run of `tasks` will write under `dir`, before the
+/// work starts, so that a second run on the same files fails at once instead of
+/// silently overwriting (or being overwritten by) this one. Hold them until written.
+pub fn lock_results(
+    dir: &Path,
+    model: &LoadedModel,
+    tasks: &[LoadedTask],
+    opts: &EvalOptions,
+) -> Result<Vec<WriteLock>> {
+    tasks
+        .iter()
+        .map(|t| {
+            lock_for_writing(&result_file(
+                dir,
+                &model.source.name,
+                &t.spec.name,
+                &opts.intervention.ablate_first_mlp,
+            ))
+        })
+        .collect()
 }
 
 /// Writes a result file atomically.

@@ -10,6 +10,7 @@ pub mod datasets;
 pub mod diagnostics;
 pub mod embed;
 pub mod eval;
+pub mod faults;
 pub mod hub;
 pub mod loader;
 pub mod metrics;

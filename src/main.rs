@@ -292,6 +292,7 @@ fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
             ablate_first_mlp: blocks,
         };
     }
+    let _locks = harness::eval::lock_results(&args.out, &model, &tasks, &opts)?;
     let results = harness::eval::evaluate(&model, &tasks, &opts)?;
     for result in &results {
         let task = format!("task {}: ", result.task.name);

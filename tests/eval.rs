@@ -1,11 +1,12 @@
 //! `harness eval` end to end: every shipped task on a small slice of both shipped
 //! models, a task written from the documentation on a user's own file, the embedding
-//! cache, Hugging Face datasets over a loopback server, and bad input.
+//! cache, Hugging Face datasets over a loopback server, bad input, concurrent runs and
+//! runs killed part way.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use harness::eval::{evaluate, EvalOptions, EvalResult};
 use harness::tasks;
@@ -1058,5 +1059,193 @@ fn answer_map_turns_answer_values_into_choices() {
     }
     // Four answers are " yes" and two " no": accuracy is 0.5 at no layer, so the swap shows.
     assert!(scores(&r[0]).iter().all(|&s| s != 0.5));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The documented example task with `rows` reviews in `dir`; returns the task file.
+fn reviews_task(dir: &Path, rows: usize) -> String {
+    std::fs::write(dir.join("reviews.toml"), documented_example()).unwrap();
+    write_reviews(&dir.join("reviews.csv"), rows);
+    dir.join("reviews.toml").display().to_string()
+}
+
+/// A run stopped at a pause point; dropping it kills it with SIGKILL and reaps it (so
+/// that it is gone from /proc), also when a test fails while it is paused.
+struct Paused(Child);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `harness` with `HARNESS_PAUSE_AT=point` and returns it once it has stopped
+/// there.
+fn paused_at(point: &str, args: &[&str], envs: &[(&str, &str)]) -> Paused {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
+    cmd.args(args)
+        .arg("--quiet")
+        .env("HARNESS_PAUSE_AT", point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run harness");
+    let mut said = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("paused at") {
+            return Paused(child);
+        }
+        said.push_str(&line);
+    }
+    let status = child.wait().unwrap();
+    panic!("harness ended ({status}) before {point}: {said}");
+}
+
+/// Temporary files of interrupted writes anywhere under `dir`.
+fn partials(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(partials(&path));
+        } else if entry.file_name().to_string_lossy().contains(".partial-") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_replaced_registry_model_gets_its_own_cache_entries() {
+    let dir = scratch("replaced");
+    let task = reviews_task(&dir, 40);
+    let (home, cache, out) = (dir.join("home"), dir.join("cache"), dir.join("out"));
+    let asset = |alias: &str| harness::assets::find_model(alias).unwrap().unwrap();
+    let installed = home.join(&asset("smollm2").file);
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    let run = || -> (EvalResult, String) {
+        let envs = [
+            ("HARNESS_HOME", home.to_str().unwrap()),
+            ("HARNESS_CACHE", cache.to_str().unwrap()),
+        ];
+        let o = harness(
+            &[
+                "eval",
+                "--task",
+                &task,
+                "--model",
+                "smollm2",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &envs,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let json = std::fs::read_to_string(out.join("smollm2/reviews.json")).unwrap();
+        (serde_json::from_str(&json).unwrap(), stderr(&o))
+    };
+    let real = harness::assets::harness_home().unwrap();
+    std::os::unix::fs::symlink(real.join(&asset("smollm2").file), &installed).unwrap();
+    let (first, _) = run();
+    assert_eq!(first.layers.len(), 31);
+    // Someone puts another model where the registry's file was.
+    std::fs::remove_file(&installed).unwrap();
+    std::os::unix::fs::symlink(real.join(&asset("gemma3").file), &installed).unwrap();
+    let (second, warning) = run();
+    assert_eq!(
+        second.timings.cache_hits, 0,
+        "served the old model's vectors"
+    );
+    assert_eq!(second.model.num_layers, 18);
+    assert_eq!(second.layers.len(), 19, "the old model's layers");
+    assert_eq!(second.model.fingerprint, asset("gemma3").sha256);
+    assert!(
+        warning.contains("is not the file the registry names"),
+        "{warning}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_second_run_on_the_same_results_is_refused_while_the_first_runs() {
+    let dir = scratch("lock");
+    let task = reviews_task(&dir, 40);
+    let cache = dir.join("cache");
+    let model = root()
+        .join("tests/fixtures/tiny-gpt2")
+        .display()
+        .to_string();
+    let out = dir.join("results").display().to_string();
+    let args = ["eval", "--task", &task, "--model", &model, "--out", &out];
+    let envs = [("HARNESS_CACHE", cache.to_str().unwrap())];
+    let first = paused_at("forward", &args, &envs);
+    assert_fails_with(&harness(&args, &envs), "is writing");
+    drop(first);
+    // The lock of a killed run is released with it.
+    let again = harness(&args, &envs);
+    assert!(again.status.success(), "{}", stderr(&again));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_run_killed_at_any_point_reruns_to_the_uninterrupted_result() {
+    let dir = scratch("faults");
+    let args = |run: &Path| -> Vec<String> {
+        let out = run.join("out").display().to_string();
+        [
+            "eval",
+            "--model",
+            "smollm2",
+            "--task",
+            "mr",
+            "--limit",
+            "60",
+            "--folds",
+            "2",
+            "--resamples",
+            "50",
+            "--out",
+            &out,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let eval = |run: &Path| -> serde_json::Value {
+        let args = args(run);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = harness(
+            &args,
+            &[("HARNESS_CACHE", run.join("cache").to_str().unwrap())],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let json = std::fs::read_to_string(run.join("out/smollm2/mr.json")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let fields = v.as_object_mut().unwrap();
+        fields.remove("timings").unwrap();
+        fields.remove("created").unwrap();
+        v
+    };
+    let uninterrupted = eval(&dir.join("whole"));
+    for point in ["forward", "write:.safetensors", "write:.json"] {
+        let run = dir.join(point.replace([':', '.'], "-"));
+        let args = args(&run);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let cache = run.join("cache");
+        let child = paused_at(point, &args, &[("HARNESS_CACHE", cache.to_str().unwrap())]);
+        assert_eq!(
+            partials(&run).is_empty(),
+            point == "forward",
+            "{point}: {:?}",
+            partials(&run)
+        );
+        drop(child);
+        assert!(!run.join("out/smollm2/mr.json").exists());
+        assert_eq!(eval(&run), uninterrupted, "rerun after a kill at {point}");
+        assert_eq!(partials(&run), Vec::<PathBuf>::new(), "after {point}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

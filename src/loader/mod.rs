@@ -1,6 +1,7 @@
 //! Model loading: from `--model` (an alias, a `.gguf` file, a Hugging Face directory
 //! or `hf:org/name[@revision]`) to a ready [`Transformer`] and its tokenizer.
 
+pub mod fingerprint;
 pub mod gguf;
 pub mod hf;
 mod reads;
@@ -11,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+
+use self::fingerprint::Snapshot;
 
 use crate::assets;
 use crate::hub::{Hub, HubRepo};
@@ -34,8 +36,9 @@ pub struct ModelSource {
     /// The `.gguf` file or the model directory.
     pub path: PathBuf,
     pub format: Format,
-    /// Known checksum of the weights (registry aliases), saving a hash pass.
-    known_sha256: Option<String>,
+    /// The registry's checksum of the weights (aliases), to warn when the file on
+    /// disk is another one; never a cache key, which comes from the bytes loaded.
+    registry_sha256: Option<String>,
 }
 
 /// A loaded model with its tokenizer.
@@ -47,6 +50,8 @@ pub struct LoadedModel {
     pub weight_types: BTreeMap<String, usize>,
     /// What the user should know about the checkpoint, one line each.
     pub warnings: Vec<String>,
+    /// The files the weights came from, as they were while loading.
+    files: Snapshot,
 }
 
 /// What `harness inspect` reports.
@@ -72,7 +77,7 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
             name: repo.repo_id.replace('/', "--"),
             path: dir,
             format: Format::Safetensors,
-            known_sha256: None,
+            registry_sha256: None,
         });
     }
     if let Some(asset) = assets::find_model(spec)? {
@@ -80,7 +85,7 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
             name: asset.alias.clone(),
             path: asset.path()?,
             format: Format::Gguf,
-            known_sha256: Some(asset.sha256),
+            registry_sha256: Some(asset.sha256),
         });
     }
     let path = Path::new(spec);
@@ -98,7 +103,7 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
             name: stem(),
             path: path.to_path_buf(),
             format: Format::Safetensors,
-            known_sha256: None,
+            registry_sha256: None,
         });
     }
     if path.extension().is_some_and(|e| e == "gguf") {
@@ -109,7 +114,7 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
             name: stem(),
             path: path.to_path_buf(),
             format: Format::Gguf,
-            known_sha256: None,
+            registry_sha256: None,
         });
     }
     let known: Vec<String> = assets::models()?
@@ -125,6 +130,14 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
 /// Resolves and loads a model with its tokenizer.
 pub fn load(spec: &str) -> Result<LoadedModel> {
     let source = resolve(spec)?;
+    let files = Snapshot::take(source.files()?)?;
+    let loaded = load_files(source, files)?;
+    // A file replaced while it was read would give weights no digest describes.
+    loaded.files.check_unchanged()?;
+    Ok(loaded)
+}
+
+fn load_files(source: ModelSource, files: Snapshot) -> Result<LoadedModel> {
     match source.format {
         Format::Gguf => {
             let file = gguf::GgufFile::open(&source.path)?;
@@ -139,6 +152,7 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
                 source,
                 model,
                 tokenizer,
+                files,
             })
         }
         Format::Safetensors => {
@@ -161,6 +175,7 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
                 tokenizer,
                 weight_types,
                 warnings,
+                files,
             })
         }
     }
@@ -210,34 +225,38 @@ impl LoadedModel {
             weight_types: self.weight_types.clone(),
         }
     }
+
+    /// A digest of the bytes this model was loaded from, for cache keys and results;
+    /// computed once per run, and an error when a file has changed since loading
+    /// and was not hashed before, since its digest would describe other bytes.
+    /// `remember`: look up and store file digests in the cache (not with `--no-cache`).
+    pub fn fingerprint(&self, remember: bool) -> Result<String> {
+        let digest = self.files.digest(remember)?;
+        if let Some(expected) = self.source.registry_sha256.as_deref() {
+            if expected != digest {
+                eprintln!(
+                    "warning: {} is not the file the registry names for '{}' (sha256 {digest}, expected {expected}); using it as it is",
+                    self.source.path.display(),
+                    self.source.name
+                );
+            }
+        }
+        Ok(digest)
+    }
 }
 
 impl ModelSource {
-    /// A digest that changes whenever the weights or configuration change, for caches.
-    pub fn fingerprint(&self) -> Result<String> {
-        if let Some(sha) = &self.known_sha256 {
-            return Ok(sha.clone());
+    /// Every file whose bytes shape the loaded model.
+    fn files(&self) -> Result<Vec<PathBuf>> {
+        if self.format == Format::Gguf {
+            return Ok(vec![self.path.clone()]);
         }
-        let mut files = vec![self.path.clone()];
-        if self.format == Format::Safetensors {
-            let dir = hf::HfDir::open(&self.path)?;
-            files = dir.weight_files()?;
-            files.push(dir.config_path());
-            files.push(dir.tokenizer_path());
-        }
-        let mut hasher = Sha256::new();
-        for f in files {
-            let mut file =
-                std::fs::File::open(&f).with_context(|| format!("cannot open {}", f.display()))?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
-        }
-        Ok(format!("{:x}", hasher.finalize()))
+        let dir = hf::HfDir::open(&self.path)?;
+        let mut files = dir.weight_files()?;
+        files.push(dir.config_path());
+        // Loading says, in its own words, when the tokenizer is missing.
+        files.extend(Some(dir.tokenizer_path()).filter(|p| p.is_file()));
+        files.extend(dir.tokenizer_config_path());
+        Ok(files)
     }
 }
