@@ -299,5 +299,5 @@ pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
             ),
         ),
     ]);
-    Ok(Scored::accuracy(correct, extra, info))
+    Ok(Scored::accuracy(correct, &counts, extra, info))
 }
