@@ -103,7 +103,7 @@ impl Chance {
         let most = counts.iter().copied().max().unwrap_or(0);
         Chance {
             score: Some(most as f64 / total.max(1) as f64),
-            rule: format!("share of the most frequent label ({most} of {total})"),
+            rule: format!("share of the most frequent label, {most} of {total}"),
         }
     }
 

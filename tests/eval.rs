@@ -62,6 +62,20 @@ fn check(r: &EvalResult, layers: usize) {
     assert_eq!(r.peak.score, best, "{name}: peak is not the best layer");
     assert_eq!(r.last.layer, layers - 1);
     assert_eq!(r.task.pool.is_some(), r.task.kind.is_embedding());
+    // Every layer is judged against the recorded chance level by the documented rule.
+    let chance = r
+        .chance()
+        .expect("every new result records its chance level");
+    assert_eq!(
+        chance.score.is_none(),
+        r.task.metric == "perplexity",
+        "{name}"
+    );
+    for l in &r.layers {
+        let above = chance.beaten_by(l.ci_low, l.ci_high, r.task.higher_is_better);
+        assert_eq!(l.above_chance, above, "{name} layer {}", l.layer);
+    }
+    assert_eq!(r.signal, r.layers[r.peak.layer].above_chance, "{name}");
     // The file format round-trips.
     let json = serde_json::to_string(r).unwrap();
     let back: EvalResult = serde_json::from_str(&json).unwrap();
@@ -203,6 +217,8 @@ fn a_task_written_from_the_docs_runs_on_a_users_file() {
     assert_eq!(r.info["classes"], serde_json::json!(["bad", "good"]));
     // Made-up texts with their class in every word: any layer separates them.
     assert!(r.peak.score > 0.9, "{}", r.peak.score);
+    assert_eq!(r.chance().unwrap().score, Some(24.0 / 48.0));
+    assert_eq!(r.signal, Some(true));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
