@@ -609,7 +609,6 @@ pub fn now_utc() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scores::MeanOfItems;
 
     /// Accuracy at three layers over 200 examples, 60% of which carry the majority
     /// label: `hits[l]` of them right at layer `l`.

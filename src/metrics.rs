@@ -607,7 +607,7 @@ mod tests {
             }
             for i in 0..k {
                 heap(k - 1, v, out);
-                v.swap(if k % 2 == 0 { i } else { 0 }, k - 1);
+                v.swap(if k.is_multiple_of(2) { i } else { 0 }, k - 1);
             }
         }
         let mut out = Vec::new();
