@@ -17,7 +17,7 @@ use crate::metrics;
 use crate::models::Intervention;
 use crate::output::{lock_for_writing, write_bytes_atomic, WriteLock};
 use crate::progress::Progress;
-use crate::scores::Scored;
+use crate::scores::{Chance, Scored};
 use crate::tasks::LoadedTask;
 
 /// The schema of result files.
@@ -236,6 +236,11 @@ pub struct LayerScore {
     pub score: f64,
     pub ci_low: f64,
     pub ci_high: f64,
+    /// Whether the score is significantly better than `info.chance` (see
+    /// [`Chance::beaten_by`]); `null` where the task has no chance level, absent in
+    /// files written before chance was recorded.
+    #[serde(default)]
+    pub above_chance: Option<bool>,
     /// Other metrics on all items.
     #[serde(flatten)]
     pub metrics: BTreeMap<String, f64>,
@@ -249,6 +254,9 @@ pub struct Point {
     pub score: f64,
     pub ci_low: f64,
     pub ci_high: f64,
+    /// As in [`LayerScore::above_chance`].
+    #[serde(default)]
+    pub above_chance: Option<bool>,
 }
 
 /// The peak against the last layer on the same items.
@@ -336,13 +344,27 @@ pub struct EvalResult {
     #[serde(rename = "final")]
     pub last: Point,
     pub peak_vs_final: Comparison,
+    /// Whether the peak is significantly above chance; `false` is "no signal": the
+    /// best layer is indistinguishable from a guess, so it is no peak. `null` where
+    /// the task has no chance level or the file predates chance levels.
+    #[serde(default)]
+    pub signal: Option<bool>,
     pub prediction: Prediction,
-    /// Task-specific facts: class counts, corpus size, tokens scored...
+    /// Task-specific facts: class counts, corpus size, tokens scored, and `chance`
+    /// (a [`Chance`])...
     pub info: BTreeMap<String, serde_json::Value>,
     pub version: String,
     pub timings: Timings,
     /// When the run finished (UTC, ISO 8601).
     pub created: String,
+}
+
+impl EvalResult {
+    /// The chance level the run recorded; `None` for files written before chance
+    /// levels were (a task without one records a [`Chance`] whose score is `None`).
+    pub fn chance(&self) -> Option<Chance> {
+        serde_json::from_value(self.info.get("chance")?.clone()).ok()
+    }
 }
 
 /// Runs every task on `model`, sharing one forward pass over texts that several
@@ -397,20 +419,25 @@ pub fn evaluate(
     Ok(results)
 }
 
-/// Turns per-layer statistics into scores with intervals, the peak and the verdict.
-fn summarize(
-    model: &LoadedModel,
-    fingerprint: &str,
-    task: &LoadedTask,
-    scored: Scored,
-    opts: &EvalOptions,
-    timings: Timings,
-) -> Result<EvalResult> {
+/// What a task's per-layer statistics say: scores with intervals, the peak, the final
+/// layer, how they compare, whether the peak is above chance, and the verdict.
+pub struct Curve {
+    pub layers: Vec<LayerScore>,
+    pub peak: Point,
+    pub last: Point,
+    pub peak_vs_final: Comparison,
+    pub signal: Option<bool>,
+    pub prediction: Prediction,
+}
+
+/// Scores every layer of `scored` (which must have items) with bootstrap intervals,
+/// finds the peak and tests it against the last layer and against chance. Embedding
+/// tasks are expected to peak mid-depth, generation at full depth; a peak that is not
+/// above chance ("no signal") never counts as the prediction holding.
+pub fn curve(scored: &Scored, embedding: bool, opts: &EvalOptions) -> Curve {
     let main = scored.main.as_ref();
     let (layers, n) = (main.layers(), main.items());
-    if n == 0 {
-        bail!("task {} has no items to score", task.spec.name);
-    }
+    let higher = scored.metric.higher_is_better;
     let depth = |l: usize| l as f64 / (layers - 1).max(1) as f64;
     let all: Vec<usize> = (0..n).collect();
     let mut scores = Vec::with_capacity(layers);
@@ -423,16 +450,11 @@ fn summarize(
             score: main.value(l, &all),
             ci_low,
             ci_high,
+            above_chance: scored.chance.beaten_by(ci_low, ci_high, higher),
             metrics: scored.extra.get(l).cloned().unwrap_or_default(),
         });
     }
-    let better = |a: f64, b: f64| {
-        if scored.metric.higher_is_better {
-            a > b
-        } else {
-            a < b
-        }
-    };
+    let better = |a: f64, b: f64| if higher { a > b } else { a < b };
     let peak = (0..layers).fold(0, |best, l| {
         if better(scores[l].score, scores[best].score) {
             l
@@ -447,13 +469,10 @@ fn summarize(
         score: scores[l].score,
         ci_low: scores[l].ci_low,
         ci_high: scores[l].ci_high,
+        above_chance: scores[l].above_chance,
     };
     let (peak_point, last_point) = (point(peak), point(last));
-    let sign = if scored.metric.higher_is_better {
-        1.0
-    } else {
-        -1.0
-    };
+    let sign = if higher { 1.0 } else { -1.0 };
     let cmp = metrics::paired_bootstrap(
         n,
         opts.resamples,
@@ -462,23 +481,60 @@ fn summarize(
         |idx| sign * main.value(last, idx),
     );
     let significant = peak != last && cmp.p_value < ALPHA;
-    let prediction = if task.spec.kind.is_embedding() {
+    let signal = peak_point.above_chance;
+    let no_signal = signal == Some(false);
+    let prediction = if embedding {
         Prediction {
             expected: "intermediate".into(),
-            holds: peak > 0 && depth(peak) < LATE_DEPTH && significant,
+            holds: peak > 0 && depth(peak) < LATE_DEPTH && significant && !no_signal,
             rule: format!(
-                "peak strictly inside (0, {LATE_DEPTH}) of the depth and significantly above the last layer (paired bootstrap, p < {ALPHA})"
+                "peak strictly inside (0, {LATE_DEPTH}) of the depth, significantly above the last layer (paired bootstrap, p < {ALPHA}) and above chance"
             ),
         }
     } else {
         Prediction {
             expected: "full depth".into(),
-            holds: depth(peak) >= LATE_DEPTH || !significant,
+            holds: (depth(peak) >= LATE_DEPTH || !significant) && !no_signal,
             rule: format!(
-                "peak at relative depth >= {LATE_DEPTH}, or no layer significantly better than the last (paired bootstrap, p < {ALPHA})"
+                "peak at relative depth >= {LATE_DEPTH}, or no layer significantly better than the last (paired bootstrap, p < {ALPHA}); and the peak above chance where the metric has a chance level"
             ),
         }
     };
+    Curve {
+        layers: scores,
+        peak: peak_point,
+        last: last_point,
+        peak_vs_final: Comparison {
+            gain: cmp.diff,
+            ci_low: cmp.ci_low,
+            ci_high: cmp.ci_high,
+            p_value: cmp.p_value,
+            significant,
+        },
+        signal,
+        prediction,
+    }
+}
+
+/// Turns per-layer statistics into a result file: the [`curve`] and the run's facts.
+fn summarize(
+    model: &LoadedModel,
+    fingerprint: &str,
+    task: &LoadedTask,
+    scored: Scored,
+    opts: &EvalOptions,
+    timings: Timings,
+) -> Result<EvalResult> {
+    let n = scored.main.items();
+    if n == 0 {
+        bail!("task {} has no items to score", task.spec.name);
+    }
+    let curve = curve(&scored, task.spec.kind.is_embedding(), opts);
+    let mut info = scored.info;
+    info.insert(
+        "chance".into(),
+        serde_json::to_value(&scored.chance).context("serialising the chance level")?,
+    );
     let cfg = &model.model.config;
     let pool = task.spec.kind.is_embedding().then(|| task.pool(opts.pool));
     let center = task.is_cosine().then(|| task.center(opts.center));
@@ -516,18 +572,13 @@ fn summarize(
                 scored.items, opts.resamples
             ),
         },
-        layers: scores,
-        peak: peak_point,
-        last: last_point,
-        peak_vs_final: Comparison {
-            gain: cmp.diff,
-            ci_low: cmp.ci_low,
-            ci_high: cmp.ci_high,
-            p_value: cmp.p_value,
-            significant,
-        },
-        prediction,
-        info: scored.info,
+        layers: curve.layers,
+        peak: curve.peak,
+        last: curve.last,
+        peak_vs_final: curve.peak_vs_final,
+        signal: curve.signal,
+        prediction: curve.prediction,
+        info,
         version: env!("CARGO_PKG_VERSION").into(),
         timings,
         created: now_utc(),
@@ -633,4 +684,64 @@ pub fn now_utc() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accuracy at three layers over 200 examples, 60% of which carry the majority
+    /// label: `hits[l]` of them right at layer `l`.
+    fn accuracy_curve(hits: [usize; 3]) -> Curve {
+        let correct = hits
+            .iter()
+            .map(|&h| (0..200).map(|i| f64::from(u8::from(i < h))).collect())
+            .collect();
+        let scored = Scored::accuracy(correct, &[80, 120], Vec::new(), BTreeMap::new());
+        let opts = EvalOptions {
+            resamples: 500,
+            ..EvalOptions::default()
+        };
+        curve(&scored, true, &opts)
+    }
+
+    #[test]
+    fn a_peak_no_better_than_the_majority_is_no_signal() {
+        // Mid-depth peak at 0.63 against 0.40 at the end: the verdict would hold, but
+        // always answering the majority label already scores 0.60.
+        let c = accuracy_curve([100, 126, 80]);
+        assert_eq!(c.peak.layer, 1);
+        assert!(c.peak_vs_final.significant);
+        assert!(c.peak.ci_low < 0.6, "{}", c.peak.ci_low);
+        assert_eq!(c.peak.above_chance, Some(false));
+        assert_eq!(c.signal, Some(false));
+        assert!(!c.prediction.holds);
+        let above: Vec<Option<bool>> = c.layers.iter().map(|l| l.above_chance).collect();
+        assert_eq!(above, [Some(false); 3]);
+    }
+
+    #[test]
+    fn a_peak_well_above_the_majority_is_a_signal() {
+        let c = accuracy_curve([100, 180, 130]);
+        assert_eq!(c.peak.above_chance, Some(true));
+        assert_eq!(c.signal, Some(true));
+        assert!(c.prediction.holds);
+        let above: Vec<Option<bool>> = c.layers.iter().map(|l| l.above_chance).collect();
+        assert_eq!(above, [Some(false), Some(true), Some(false)]);
+    }
+
+    #[test]
+    fn files_without_chance_levels_still_load() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/results");
+        let text = std::fs::read_to_string(dir.join("smollm2/mr.json")).unwrap();
+        assert!(
+            !text.contains("chance"),
+            "the fixture predates chance levels"
+        );
+        let r: EvalResult = serde_json::from_str(&text).unwrap();
+        assert_eq!(r.chance(), None);
+        assert_eq!((r.signal, r.peak.above_chance), (None, None));
+        assert!(r.layers.iter().all(|l| l.above_chance.is_none()));
+        assert!(!r.layers[0].metrics.contains_key("above_chance"));
+    }
 }

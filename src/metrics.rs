@@ -102,6 +102,23 @@ pub fn ndcg_at_k(ranking: &[usize], relevant: &[usize], k: usize) -> f64 {
     }
 }
 
+/// Expected [`ndcg_at_k`] of a uniformly random ranking of a corpus of `corpus` items
+/// of which `relevant` are relevant: the chance level of retrieval.
+///
+/// Every position holds a relevant item with probability `relevant / corpus`, so the
+/// expected DCG is that share of the discounts of the first `min(k, corpus)`
+/// positions; the ideal DCG does not depend on the ranking. 0 when nothing is relevant.
+pub fn random_ndcg_at_k(relevant: usize, corpus: usize, k: usize) -> f64 {
+    let relevant = relevant.min(corpus);
+    let discount = |position: usize| 1.0 / ((position + 2) as f64).log2();
+    let ideal: f64 = (0..relevant.min(k)).map(discount).sum();
+    if ideal == 0.0 {
+        return 0.0;
+    }
+    let all: f64 = (0..corpus.min(k)).map(discount).sum();
+    relevant as f64 / corpus as f64 * all / ideal
+}
+
 /// Reciprocal rank of the first relevant item within the top `k` (0 when none is).
 pub fn mrr_at_k(ranking: &[usize], relevant: &[usize], k: usize) -> f64 {
     ranking
@@ -579,6 +596,44 @@ mod tests {
         ));
         assert!(close(spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]), -1.0));
         assert!(spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]).is_nan());
+    }
+
+    /// Every ordering of `0..n`, by Heap's algorithm.
+    fn permutations(n: usize) -> Vec<Vec<usize>> {
+        fn heap(k: usize, v: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+            if k <= 1 {
+                out.push(v.clone());
+                return;
+            }
+            for i in 0..k {
+                heap(k - 1, v, out);
+                v.swap(if k.is_multiple_of(2) { i } else { 0 }, k - 1);
+            }
+        }
+        let mut out = Vec::new();
+        heap(n, &mut (0..n).collect(), &mut out);
+        out
+    }
+
+    #[test]
+    fn random_ndcg_is_the_mean_over_every_ranking() {
+        for (corpus, relevant, k) in [(5, 1, 10), (5, 2, 3), (6, 3, 2), (4, 4, 10), (6, 1, 1)] {
+            let rankings = permutations(corpus);
+            assert_eq!(rankings.len(), (1..=corpus).product::<usize>());
+            let gold: Vec<usize> = (0..relevant).collect();
+            let mean = rankings.iter().map(|r| ndcg_at_k(r, &gold, k)).sum::<f64>()
+                / rankings.len() as f64;
+            assert!(
+                close(random_ndcg_at_k(relevant, corpus, k), mean),
+                "{corpus} {relevant} {k}: {mean}"
+            );
+        }
+        // One relevant among two: rank 1 or 2, equally likely.
+        assert!(close(
+            random_ndcg_at_k(1, 2, 10),
+            (1.0 + 1.0 / 3f64.log2()) / 2.0
+        ));
+        assert_eq!(random_ndcg_at_k(0, 5, 10), 0.0);
     }
 
     #[test]

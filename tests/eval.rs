@@ -63,6 +63,20 @@ fn check(r: &EvalResult, layers: usize) {
     assert_eq!(r.peak.score, best, "{name}: peak is not the best layer");
     assert_eq!(r.last.layer, layers - 1);
     assert_eq!(r.task.pool.is_some(), r.task.kind.is_embedding());
+    // Every layer is judged against the recorded chance level by the documented rule.
+    let chance = r
+        .chance()
+        .expect("every new result records its chance level");
+    assert_eq!(
+        chance.score.is_none(),
+        r.task.metric == "perplexity",
+        "{name}"
+    );
+    for l in &r.layers {
+        let above = chance.beaten_by(l.ci_low, l.ci_high, r.task.higher_is_better);
+        assert_eq!(l.above_chance, above, "{name} layer {}", l.layer);
+    }
+    assert_eq!(r.signal, r.layers[r.peak.layer].above_chance, "{name}");
     // The file format round-trips.
     let json = serde_json::to_string(r).unwrap();
     let back: EvalResult = serde_json::from_str(&json).unwrap();
@@ -204,6 +218,70 @@ fn a_task_written_from_the_docs_runs_on_a_users_file() {
     assert_eq!(r.info["classes"], serde_json::json!(["bad", "good"]));
     // Made-up texts with their class in every word: any layer separates them.
     assert!(r.peak.score > 0.9, "{}", r.peak.score);
+    assert_eq!(r.chance().unwrap().score, Some(24.0 / 48.0));
+    assert_eq!(r.signal, Some(true));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Reviews whose stars are drawn at random (seeded, 70% good), independent of the
+/// text: no layer can know them, so the best one is no better than chance.
+fn write_random_reviews(path: &Path, rows: usize) {
+    let mut csv = String::from("review,stars\n");
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    for i in 0..rows {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let stars = if (state >> 33) % 10 < 7 { 5 } else { 1 };
+        csv.push_str(&format!(
+            "\"Order number {i} arrived on day {}\",{stars}\n",
+            i % 7
+        ));
+    }
+    std::fs::write(path, csv).unwrap();
+}
+
+#[test]
+fn labels_that_carry_no_signal_are_reported_as_no_signal() {
+    let dir = scratch("chance");
+    std::fs::write(dir.join("reviews.toml"), documented_example()).unwrap();
+    write_random_reviews(&dir.join("reviews.csv"), 80);
+    let out_dir = dir.join("results");
+    let out = harness(
+        &[
+            "eval",
+            "--task",
+            dir.join("reviews.toml").to_str().unwrap(),
+            "--model",
+            root().join("tests/fixtures/tiny-llama").to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--no-cache",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("no signal"), "{stdout}");
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("tiny-llama/reviews.json")).unwrap(),
+    )
+    .unwrap();
+    let counts: Vec<f64> = r["info"]["class_counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_f64().unwrap())
+        .collect();
+    let majority = counts.iter().cloned().fold(0.0, f64::max) / counts.iter().sum::<f64>();
+    assert_eq!(r["info"]["chance"]["score"].as_f64(), Some(majority));
+    assert_eq!(r["peak"]["above_chance"], false);
+    assert_eq!(r["signal"], false);
+    assert_eq!(r["prediction"]["holds"], false, "no verdict on no signal");
+    for l in r["layers"].as_array().unwrap() {
+        let above = l["ci_low"].as_f64().unwrap() > majority;
+        assert_eq!(l["above_chance"], above, "layer {}", l["layer"]);
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

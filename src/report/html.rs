@@ -21,6 +21,7 @@ table { border-collapse: collapse; font-size: 13px; margin: 10px 0;
   font-family: "Helvetica Neue", Arial, sans-serif; font-variant-numeric: tabular-nums; }
 th, td { padding: 4px 9px; text-align: left; white-space: nowrap; border-bottom: 1px solid #e2e2e2; }
 td.num, th.num { text-align: right; }
+td.nosignal { color: #999; }
 thead th { border-top: 2px solid #333; border-bottom: 1.5px solid #333; cursor: pointer; user-select: none; }
 tbody tr:last-child td { border-bottom: 2px solid #333; }
 tbody tr:hover { background: #f4f7fb; }
@@ -116,7 +117,12 @@ fn table(id: &str, t: &Table) -> String {
                 .sort
                 .map(|v| format!(" data-sort=\"{v}\""))
                 .unwrap_or_default();
-            let _ = write!(out, "<td{}{sort}>{}</td>", class(i), esc(&cell.text));
+            let class = match (numeric[i], cell.no_signal) {
+                (true, true) => " class=\"num nosignal\"",
+                (false, true) => " class=\"nosignal\"",
+                _ => class(i),
+            };
+            let _ = write!(out, "<td{class}{sort}>{}</td>", esc(&cell.text));
         }
         out.push_str("</tr>\n");
     }
@@ -279,6 +285,17 @@ mod tests {
             1
         );
         assert!(!page.contains("http"), "the page must load nothing");
+    }
+
+    #[test]
+    fn no_signal_cells_are_greyed() {
+        let mut r = fixture_results();
+        assert!(!page(&r, &[], "generated: now").contains("nosignal\""));
+        r.evals = crate::report::leaderboard::tests::with_chance_levels();
+        let page = page(&r, &[], "generated: now");
+        // The grid's cell and the scores table's peak: the one result with no signal.
+        assert_eq!(page.matches("<td class=\"num nosignal\"").count(), 2);
+        assert!(page.contains("td.nosignal { color"));
     }
 
     #[test]

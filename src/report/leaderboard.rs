@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::analyze_view::{Analysis, LayerStats, Span};
 use super::plots::Plot;
 use super::results::Results;
-use super::{blocks, fmt_score, run_label, short};
+use super::{blocks, chance_cell as chance_text, fmt_score, run_label, short, verdict};
 use crate::diagnostics::{AttentionMetrics, ResidMetrics};
 use crate::eval::EvalResult;
 
@@ -18,6 +18,9 @@ use crate::eval::EvalResult;
 pub struct Cell {
     pub text: String,
     pub sort: Option<f64>,
+    /// A score that is no better than chance: greyed out in HTML (the text says so
+    /// too, for Markdown and CSV readers).
+    pub no_signal: bool,
 }
 
 impl Cell {
@@ -25,6 +28,7 @@ impl Cell {
         Self {
             text: text.into(),
             sort: None,
+            no_signal: false,
         }
     }
 
@@ -32,6 +36,21 @@ impl Cell {
         Self {
             text: text.into(),
             sort: value.is_finite().then_some(value),
+            no_signal: false,
+        }
+    }
+
+    /// The result's peak score cell, marked "no signal" where it is not above chance.
+    fn peak(r: &EvalResult, text: String) -> Self {
+        let no_signal = r.signal == Some(false);
+        Self {
+            text: if no_signal {
+                format!("{text} — no signal")
+            } else {
+                text
+            },
+            no_signal,
+            ..Self::number("", r.peak.score)
         }
     }
 }
@@ -85,7 +104,8 @@ pub fn grid_table(evals: &[EvalResult]) -> Table {
         let column = models
             .binary_search(&r.model.name.as_str())
             .expect("listed above");
-        cells[column] = Cell::number(
+        cells[column] = Cell::peak(
+            r,
             format!(
                 "{} @ {} ({:.2}); final {}",
                 fmt_score(r.peak.score),
@@ -93,7 +113,6 @@ pub fn grid_table(evals: &[EvalResult]) -> Table {
                 r.peak.relative_depth,
                 fmt_score(r.last.score)
             ),
-            r.peak.score,
         );
     }
     let mut columns = names(&["task", "metric", "run"]);
@@ -111,8 +130,9 @@ pub fn grid_table(evals: &[EvalResult]) -> Table {
 
 /// What the grid's cells say.
 pub const GRID_NOTE: &str = "Models across, tasks down. Each cell: the best score over layers @ its layer \
-(its relative depth, layer over blocks); then the final layer's score. Intervals, gains and tests are in \
-the table below.";
+(its relative depth, layer over blocks); then the final layer's score. \"no signal\" (greyed in HTML) marks a \
+best score that is not significantly above the task's chance level: no layer beats a guess, so there is no peak. \
+Intervals, gains, chance levels and tests are in the table below.";
 
 /// The metric's name with the direction that is better.
 pub fn metric_label(r: &EvalResult) -> String {
@@ -142,6 +162,14 @@ fn with_ci(score: f64, low: f64, high: f64) -> String {
     )
 }
 
+/// The chance level, sorting by its value where it has one.
+fn chance_cell(r: &EvalResult) -> Cell {
+    match r.chance().and_then(|c| c.score) {
+        Some(score) => Cell::number(chance_text(r), score),
+        None => Cell::text(chance_text(r)),
+    }
+}
+
 fn kind(r: &EvalResult) -> String {
     format!("{:?}", r.task.kind).to_lowercase()
 }
@@ -168,25 +196,15 @@ pub fn scores_table(evals: &[EvalResult]) -> Table {
                     format!("{:.2}", r.peak.relative_depth),
                     r.peak.relative_depth,
                 ),
-                Cell::number(
-                    with_ci(r.peak.score, r.peak.ci_low, r.peak.ci_high),
-                    r.peak.score,
-                ),
+                Cell::peak(r, with_ci(r.peak.score, r.peak.ci_low, r.peak.ci_high)),
+                chance_cell(r),
                 Cell::number(
                     with_ci(r.last.score, r.last.ci_low, r.last.ci_high),
                     r.last.score,
                 ),
                 Cell::number(with_ci(c.gain, c.ci_low, c.ci_high), c.gain),
                 Cell::number(format!("{:.3}", c.p_value), c.p_value),
-                Cell::text(format!(
-                    "{}: {}",
-                    r.prediction.expected,
-                    if r.prediction.holds {
-                        "holds"
-                    } else {
-                        "does not hold"
-                    }
-                )),
+                Cell::text(format!("{}: {}", r.prediction.expected, verdict(r))),
             ]
         })
         .collect();
@@ -201,6 +219,7 @@ pub fn scores_table(evals: &[EvalResult]) -> Table {
             "peak layer",
             "peak depth",
             "peak score [95% CI]",
+            "chance",
             "final layer [95% CI]",
             "peak − final [95% CI]",
             "p",
@@ -251,6 +270,20 @@ pub fn verdicts(evals: &[EvalResult]) -> Vec<Verdict> {
 /// Why one result goes against the prediction, in the result's own numbers.
 fn disagreement(r: &EvalResult) -> String {
     let c = &r.peak_vs_final;
+    if r.signal == Some(false) {
+        return format!(
+            "{} ({}, expected {}): no signal; the best layer, {} of {}, scores {} [{}, {}], not significantly above chance ({})",
+            r.task.name,
+            kind(r),
+            r.prediction.expected,
+            r.peak.layer,
+            r.last.layer,
+            fmt_score(r.peak.score),
+            fmt_score(r.peak.ci_low),
+            fmt_score(r.peak.ci_high),
+            chance_text(r)
+        );
+    }
     format!(
         "{} ({}, expected {}): peak at layer {} of {} (depth {:.2}), {} over the final layer [{}, {}], p = {:.3}{}",
         r.task.name,
@@ -410,7 +443,9 @@ pub fn phases_table(analyses: &[Analysis]) -> Table {
 /// What the scores table's columns mean.
 pub const SCORES_NOTE: &str = "One row per model, task and run. The peak is the layer with the best score; \
 depth is its layer over the number of blocks. Intervals are 95% percentile bootstrap intervals over the task's items. \
-Peak − final is the peak's score minus the final layer's on the same items, signed so that positive is better \
+Chance is the score of a model that knows nothing (see docs/tasks.md); a peak whose whole interval is not on the better \
+side of it is marked \"no signal\"; \"none\" is a metric without a chance level, \"not recorded\" a result older than \
+chance levels. Peak − final is the peak's score minus the final layer's on the same items, signed so that positive is better \
 (for ↓ metrics, lower), with a paired bootstrap interval and one-sided p. Pooling says how token vectors became \
 one vector per text, and whether each layer's mean was subtracted (centred) before cosine similarity. \
 Ablated runs had the first token's MLP output zeroed in the blocks named.";
@@ -418,7 +453,8 @@ Ablated runs had the first token's MLP output zeroed in the blocks named.";
 /// What the prediction is and how it is counted.
 pub const VERDICT_NOTE: &str = "The paper predicts that embedding tasks (classification, retrieval, similarity) \
 peak at intermediate depth, significantly above the final layer, and that generation needs the full depth. \
-Each result's own verdict (`prediction.holds`) is counted per model and run.";
+Each result's own verdict (`prediction.holds`) is counted per model and run; a result with no signal above chance \
+never counts as agreeing.";
 
 /// How the phases are read.
 pub const PHASES_NOTE: &str = "From `harness analyze`: Compress spans the layers whose normalised matrix entropy \
@@ -528,9 +564,17 @@ pub fn results_csv(evals: &[EvalResult]) -> Result<String> {
         "score",
         "ci_low",
         "ci_high",
+        "chance",
+        "above_chance",
     ])?;
     for r in evals {
         let blocks: Vec<String> = r.settings.ablate.iter().map(usize::to_string).collect();
+        // Empty where there is no chance level or none was recorded.
+        let chance = r
+            .chance()
+            .and_then(|c| c.score)
+            .map(csv_number)
+            .unwrap_or_default();
         for l in &r.layers {
             w.write_record([
                 r.model.name.clone(),
@@ -546,6 +590,8 @@ pub fn results_csv(evals: &[EvalResult]) -> Result<String> {
                 csv_number(l.score),
                 csv_number(l.ci_low),
                 csv_number(l.ci_high),
+                chance.clone(),
+                l.above_chance.map(|a| a.to_string()).unwrap_or_default(),
             ])?;
         }
     }
@@ -613,7 +659,7 @@ pub fn phase(a: &Analysis, layer: usize) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::report::tests::fixture_results;
 
@@ -733,6 +779,90 @@ mod tests {
             .map(|a| a.layers.len() + a.ablation.as_ref().map_or(0, |b| b.layers.len()))
             .sum();
         assert_eq!(analyses.lines().count(), 1 + rows);
+    }
+
+    /// The fixtures with chance levels as a current run records them: smollm2's `mr`
+    /// baseline shows no signal (its peak's interval reaches down to chance), perplexity
+    /// has no chance level, every other result a signal.
+    pub(crate) fn with_chance_levels() -> Vec<EvalResult> {
+        let mut evals = fixture_results().evals;
+        for r in &mut evals {
+            let silent =
+                r.model.name == "smollm2" && r.task.name == "mr" && r.settings.ablate.is_empty();
+            let chance = match (silent, r.task.higher_is_better) {
+                (true, _) => Some(r.peak.ci_low),
+                (false, true) => Some(-1.0),
+                (false, false) => None,
+            };
+            r.info.insert(
+                "chance".into(),
+                serde_json::json!({"score": chance, "rule": "made up for the test"}),
+            );
+            for l in &mut r.layers {
+                l.above_chance = chance.map(|c| l.ci_low > c);
+            }
+            r.peak.above_chance = chance.map(|c| r.peak.ci_low > c);
+            r.signal = r.peak.above_chance;
+            r.prediction.holds &= !silent;
+        }
+        evals
+    }
+
+    #[test]
+    fn no_signal_is_marked_in_every_table_and_missing_chance_said_so() {
+        let old = scores_table(&fixture_results().evals);
+        let chance = old.columns.iter().position(|c| c == "chance").unwrap();
+        assert!(old.rows.iter().all(|r| r[chance].text == "not recorded"));
+        assert!(old.rows.iter().flatten().all(|c| !c.no_signal));
+
+        let evals = with_chance_levels();
+        let silent = evals.iter().position(|r| r.signal == Some(false)).unwrap();
+        let grid = grid_table(&evals);
+        let marked: Vec<&Cell> = grid.rows.iter().flatten().filter(|c| c.no_signal).collect();
+        assert_eq!(marked.len(), 1);
+        assert!(
+            marked[0].text.ends_with("— no signal"),
+            "{}",
+            marked[0].text
+        );
+        assert_eq!(marked[0].sort, Some(evals[silent].peak.score));
+
+        let t = scores_table(&evals);
+        let row = &t.rows[silent];
+        assert_eq!(row[chance].text, fmt_score(evals[silent].peak.ci_low));
+        assert!(row
+            .iter()
+            .any(|c| c.no_signal && c.text.contains("no signal")));
+        assert!(row.last().unwrap().text.ends_with(": no signal"));
+        assert_eq!(row[chance].sort, Some(evals[silent].peak.ci_low));
+        let perplexity = evals
+            .iter()
+            .position(|r| r.task.metric == "perplexity")
+            .unwrap();
+        assert_eq!(t.rows[perplexity][chance].text, "none");
+
+        let v = verdicts(&evals);
+        let smollm2 = v
+            .iter()
+            .find(|v| v.model == "smollm2" && v.ablate.is_empty())
+            .unwrap();
+        assert!(smollm2
+            .disagreements
+            .iter()
+            .any(|d| d.starts_with("mr (classification, expected intermediate): no signal")));
+
+        let csv = results_csv(&evals).unwrap();
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let header = reader.headers().unwrap().clone();
+        assert_eq!(&header[13], "chance");
+        assert_eq!(&header[14], "above_chance");
+        for (record, l) in reader.records().zip(evals.iter().flat_map(|r| &r.layers)) {
+            let record = record.unwrap();
+            let above = l.above_chance.map(|a| a.to_string()).unwrap_or_default();
+            assert_eq!(record[14], above);
+        }
+        let old_csv = results_csv(&fixture_results().evals).unwrap();
+        assert!(old_csv.lines().nth(1).unwrap().ends_with(",,"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::output::write_bytes_atomic;
 use crate::analyze::AnalyzeResult;
 use crate::eval::EvalResult;
 use crate::loader::ModelInfo;
+use crate::scores::Chance;
 
 /// `harness inspect` as aligned `key  value` lines.
 pub fn inspect_table(info: &ModelInfo) -> String {
@@ -74,27 +75,33 @@ pub fn eval_table(r: &EvalResult) -> String {
         "{} on {}: {} by layer ({:?}{pool}; {})",
         r.task.name, r.model.name, r.task.metric, r.task.kind, r.settings.confidence_interval
     );
+    let _ = writeln!(out, "{}", chance_line(r));
     let extra: Vec<&String> = r
         .layers
         .first()
         .map(|l| l.metrics.keys().collect())
         .unwrap_or_default();
     let mut header = format!(
-        "{:>5} {:>6} {:>10} {:>21}",
-        "layer", "depth", r.task.metric, "95% CI"
+        "{:>5} {:>6} {:>10} {:>21} {:>7}",
+        "layer", "depth", r.task.metric, "95% CI", ">chance"
     );
     for k in &extra {
         let _ = write!(header, " {k:>14}");
     }
     let _ = writeln!(out, "{header}");
     for l in &r.layers {
-        let mark = if l.layer == r.peak.layer {
-            " <- peak"
-        } else {
-            ""
+        let mark = match (l.layer == r.peak.layer, r.signal) {
+            (false, _) => "",
+            (true, Some(false)) => " <- best, but no signal",
+            (true, _) => " <- peak",
+        };
+        let above = match l.above_chance {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
         };
         let mut line = format!(
-            "{:>5} {:>6.2} {:>10} {:>21}",
+            "{:>5} {:>6.2} {:>10} {:>21} {above:>7}",
             l.layer,
             l.relative_depth,
             fmt_score(l.score),
@@ -120,17 +127,57 @@ pub fn eval_table(r: &EvalResult) -> String {
         c.p_value,
         if c.significant { " (significant)" } else { "" }
     );
+    if r.signal == Some(false) {
+        let _ = writeln!(
+            out,
+            "no signal: not even the best layer is significantly above chance, so there is no peak"
+        );
+    }
     let _ = writeln!(
         out,
         "paper's prediction ({}): {}",
         r.prediction.expected,
-        if r.prediction.holds {
-            "holds"
-        } else {
-            "does not hold"
-        }
+        verdict(r)
     );
     out
+}
+
+/// The result's chance level and how it was set, or why there is none.
+fn chance_line(r: &EvalResult) -> String {
+    match r.chance() {
+        Some(c) => match c.score {
+            Some(score) => format!(
+                "chance: {} ({}); a layer is above chance when its whole 95% CI is better",
+                fmt_score(score),
+                c.rule
+            ),
+            None => format!("chance: {}", c.rule),
+        },
+        None => "chance: not recorded (the result predates chance levels)".into(),
+    }
+}
+
+/// The chance level as a short cell: its score, "none", or "not recorded".
+fn chance_cell(r: &EvalResult) -> String {
+    match r.chance() {
+        Some(Chance {
+            score: Some(score), ..
+        }) => fmt_score(score),
+        Some(_) => "none".into(),
+        None => "not recorded".into(),
+    }
+}
+
+/// The paper's prediction in a word: "holds", "does not hold", or "no signal" where
+/// the peak is not above chance and so cannot be judged.
+fn verdict(r: &EvalResult) -> &'static str {
+    if r.signal == Some(false) {
+        "no signal"
+    } else if r.prediction.holds {
+        "holds"
+    } else {
+        "does not hold"
+    }
 }
 
 /// One line per task and how many agree with the paper's prediction.
@@ -138,13 +185,13 @@ pub fn eval_summary(results: &[EvalResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<18} {:<15} {:<12} {:>5} {:>6} {:>10} {:>10}  prediction",
-        "task", "kind", "metric", "peak", "depth", "at peak", "final"
+        "{:<18} {:<15} {:<12} {:>5} {:>6} {:>10} {:>10} {:>12}  prediction",
+        "task", "kind", "metric", "peak", "depth", "at peak", "final", "chance"
     );
     for r in results {
         let _ = writeln!(
             out,
-            "{:<18} {:<15} {:<12} {:>5} {:>6.2} {:>10} {:>10}  {} {}",
+            "{:<18} {:<15} {:<12} {:>5} {:>6.2} {:>10} {:>10} {:>12}  {} {}",
             r.task.name,
             format!("{:?}", r.task.kind).to_lowercase(),
             r.task.metric,
@@ -152,19 +199,22 @@ pub fn eval_summary(results: &[EvalResult]) -> String {
             r.peak.relative_depth,
             fmt_score(r.peak.score),
             fmt_score(r.last.score),
+            chance_cell(r),
             r.prediction.expected,
-            if r.prediction.holds {
-                "holds"
-            } else {
-                "does not hold"
-            }
+            verdict(r)
         );
     }
     let holds = results.iter().filter(|r| r.prediction.holds).count();
+    let silent = results.iter().filter(|r| r.signal == Some(false)).count();
     let _ = writeln!(
         out,
-        "the paper's prediction holds on {holds} of {} tasks (embedding tasks peak mid-depth, generation at full depth)",
-        results.len()
+        "the paper's prediction holds on {holds} of {} tasks (embedding tasks peak mid-depth, generation at full depth){}",
+        results.len(),
+        if silent > 0 {
+            format!("; {silent} show no signal above chance")
+        } else {
+            String::new()
+        }
     );
     out
 }

@@ -319,5 +319,5 @@ pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
             ),
         ),
     ]);
-    Ok(Scored::accuracy(correct, extra, info))
+    Ok(Scored::accuracy(correct, &counts, extra, info))
 }

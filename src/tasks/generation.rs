@@ -15,7 +15,7 @@ use crate::capture::{with_f32, Batch, Capture};
 use crate::eval::{Env, EvalOptions};
 use crate::models::Transformer;
 use crate::sampling::subset;
-use crate::scores::{Metric, PerplexityOfItems, Scored};
+use crate::scores::{Chance, Metric, PerplexityOfItems, Scored};
 
 /// `[generation]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -256,6 +256,10 @@ fn language_model(task: &LoadedTask, env: &mut Env, column: &str, window: usize)
             name: "perplexity",
             higher_is_better: false,
         },
+        chance: Chance {
+            score: None,
+            rule: "none: perplexity has no chance level (a uniform guess over the vocabulary, perplexity = vocabulary size, is beaten by any unigram table, so clearing it says nothing)".into(),
+        },
         items: "documents",
         main: Box::new(PerplexityOfItems { nll, tokens }),
         extra,
@@ -439,7 +443,7 @@ fn choice(
         ("answer_counts".to_string(), serde_json::json!(counts)),
         ("lens".to_string(), serde_json::json!("final norm + unembedding applied to each layer; the option with the highest summed log-probability wins")),
     ]);
-    Ok(Scored::accuracy(correct, extra, info))
+    Ok(Scored::accuracy(correct, &counts, extra, info))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use super::LoadedTask;
 use crate::eval::{Env, EvalOptions};
 use crate::metrics;
 use crate::sampling::subset;
-use crate::scores::{MeanOfItems, Metric, Scored};
+use crate::scores::{Chance, MeanOfItems, Metric, Scored};
 
 /// `[retrieval]`: the query and document columns.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -124,6 +124,15 @@ pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
         metric: Metric {
             name: "ndcg_at_10",
             higher_is_better: true,
+        },
+        chance: Chance {
+            // Every query has one relevant document in the same corpus, so the
+            // per-query expectation is also the mean over queries.
+            score: Some(metrics::random_ndcg_at_k(1, ex.corpus.len(), 10)),
+            rule: format!(
+                "expected nDCG@10 of a uniformly random ranking of the {} documents, one relevant per query",
+                ex.corpus.len()
+            ),
         },
         items: "queries",
         main: Box::new(MeanOfItems { values: ndcg }),

@@ -10,7 +10,7 @@ use super::LoadedTask;
 use crate::eval::{Env, EvalOptions};
 use crate::metrics;
 use crate::sampling::subset;
-use crate::scores::{Metric, Scored, SpearmanOfItems};
+use crate::scores::{Chance, Metric, Scored, SpearmanOfItems};
 
 /// `[similarity]`: the two text columns and the human score column.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -102,6 +102,10 @@ pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
         metric: Metric {
             name: "spearman",
             higher_is_better: true,
+        },
+        chance: Chance {
+            score: Some(0.0),
+            rule: "no correlation".into(),
         },
         items: "pairs",
         main: Box::new(SpearmanOfItems {
