@@ -491,7 +491,8 @@ mod tests {
         let (right, margin) = score_choices(&layer, &parts, &[0, 0, 1]);
         assert_eq!(right, [1.0, 0.0, 0.0]);
         assert!((margin - 0.2 / 3.0).abs() < 1e-6, "{margin}");
-        let accuracy = Scored::accuracy(vec![right], Vec::new(), BTreeMap::new());
+        // Answers [0, 0, 1]: two of one option, one of the other.
+        let accuracy = Scored::accuracy(vec![right], &[2, 1], Vec::new(), BTreeMap::new());
         assert!((accuracy.main.value(0, &[0, 1, 2]) - 1.0 / 3.0).abs() < 1e-12);
     }
 
