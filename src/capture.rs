@@ -244,42 +244,52 @@ impl FromStr for Pool {
     }
 }
 
-/// Pooled vectors for every text at every layer: `N x (depth+1) x hidden` floats per
-/// pooling, built batch by batch so no layer's token matrix outlives its batch.
+/// Pooled vectors for every text at every layer, built batch by batch so no layer's
+/// token matrix outlives its batch, and written straight into the buffers the caller
+/// keeps: the vectors are the largest thing a run holds, so they exist once.
 pub struct PooledCapture {
-    pools: Vec<Pool>,
-    n: usize,
     layers: usize,
     hidden: usize,
-    /// Per pooling, row-major `[n, layers, hidden]`.
-    data: Vec<Vec<f32>>,
+    outputs: Vec<(Pool, Pooled)>,
+    /// For each input text, the `(output, row)` slots its vectors fill.
+    targets: Vec<Vec<(usize, usize)>>,
 }
 
 impl PooledCapture {
-    /// Pools layers `0..=depth` of `n` texts.
+    /// Pools layers `0..=depth` of `n` texts, once per pooling in `pools`.
     pub fn new(pools: &[Pool], n: usize, depth: usize, hidden: usize) -> Self {
-        let layers = depth + 1;
-        Self {
-            pools: pools.to_vec(),
-            n,
-            layers,
-            hidden,
-            data: pools
-                .iter()
-                .map(|_| vec![0f32; n * layers * hidden])
-                .collect(),
-        }
+        let requests = pools.iter().map(|&p| (p, (0..n).collect())).collect();
+        Self::gather(requests, n, depth, hidden)
     }
 
-    /// The pooled vectors, one [`Pooled`] per pooling, in the order asked for.
-    pub fn into_pooled(self) -> Vec<(Pool, Pooled)> {
-        let (n, layers, hidden) = (self.n, self.layers, self.hidden);
-        self.pools
+    /// Pools layers `0..=depth` of `inputs` texts into one `[rows, layers, hidden]` set
+    /// per request `(pool, rows)`: its row `r` is input `rows[r]` pooled by `pool`. A
+    /// text several requests share runs once, and no request's vectors are copied out
+    /// of a larger set afterwards.
+    ///
+    /// # Panics
+    /// If a row names an input at or beyond `inputs`.
+    pub fn gather(
+        requests: Vec<(Pool, Vec<usize>)>,
+        inputs: usize,
+        depth: usize,
+        hidden: usize,
+    ) -> Self {
+        let layers = depth + 1;
+        let mut targets = vec![Vec::new(); inputs];
+        for (o, (_, rows)) in requests.iter().enumerate() {
+            for (r, &i) in rows.iter().enumerate() {
+                assert!(i < inputs, "row {r} names input {i} of {inputs}");
+                targets[i].push((o, r));
+            }
+        }
+        let outputs = requests
             .into_iter()
-            .zip(self.data)
-            .map(|(p, data)| {
+            .map(|(pool, rows)| {
+                let n = rows.len();
+                let data = vec![0f32; n * layers * hidden];
                 (
-                    p,
+                    pool,
                     Pooled {
                         data,
                         n,
@@ -288,7 +298,19 @@ impl PooledCapture {
                     },
                 )
             })
-            .collect()
+            .collect();
+        Self {
+            layers,
+            hidden,
+            outputs,
+            targets,
+        }
+    }
+
+    /// The pooled vectors, one [`Pooled`] per request (or pooling), in the order asked
+    /// for.
+    pub fn into_pooled(self) -> Vec<(Pool, Pooled)> {
+        self.outputs
     }
 }
 
@@ -354,18 +376,19 @@ impl Capture for PooledCapture {
 
     fn on_resid(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()> {
         let (d, t, layers) = (self.hidden, batch.len, self.layers);
+        let mut acc = vec![0f64; d];
         with_f32(resid, |h| {
-            for (p, pool) in self.pools.iter().enumerate() {
-                let out = &mut self.data[p];
-                for (row, (&len, &index)) in batch.lens.iter().zip(&batch.index).enumerate() {
+            for (row, (&len, &index)) in batch.lens.iter().zip(&batch.index).enumerate() {
+                for &(o, r) in &self.targets[index] {
+                    let (pool, out) = &mut self.outputs[o];
                     let (from, to) = pool.span(len);
-                    let dst = &mut out[(index * layers + layer) * d..][..d];
-                    let mut acc = vec![0f64; d];
+                    acc.fill(0.0);
                     for tok in from..to {
                         let src = &h[(row * t + tok) * d..][..d];
                         acc.iter_mut().zip(src).for_each(|(a, &x)| *a += x as f64);
                     }
                     let n = (to - from) as f64;
+                    let dst = &mut out.data[(r * layers + layer) * d..][..d];
                     dst.iter_mut()
                         .zip(&acc)
                         .for_each(|(o, &a)| *o = (a / n) as f32);

@@ -162,30 +162,30 @@ impl<'a> Env<'a> {
         }
         let mut index: HashMap<&str, usize> = HashMap::new();
         let mut union: Vec<String> = Vec::new();
-        let mut pools: Vec<Pool> = Vec::new();
+        let mut gather = Vec::with_capacity(missing.len());
         for (_, texts, pool) in &missing {
-            for t in texts.iter() {
-                if !index.contains_key(t.as_str()) {
-                    index.insert(t, union.len());
-                    union.push(t.clone());
-                }
-            }
-            if !pools.contains(pool) {
-                pools.push(*pool);
-            }
+            let rows = texts
+                .iter()
+                .map(|t| {
+                    *index.entry(t.as_str()).or_insert_with(|| {
+                        union.push(t.clone());
+                        union.len() - 1
+                    })
+                })
+                .collect();
+            gather.push((*pool, rows));
         }
-        let cfg = &self.model.model.config;
-        let mut cap = PooledCapture::new(&pools, union.len(), cfg.num_layers, cfg.hidden_size);
+        // Tokenize before the vectors are allocated, so the tokenizer's transient
+        // buffers do not add to the run's peak.
         let seqs = self.encode(&union)?;
+        let cfg = &self.model.model.config;
+        let mut cap = PooledCapture::gather(gather, union.len(), cfg.num_layers, cfg.hidden_size);
         self.run_capture(&seqs, &mut cap, "embed")?;
-        let pooled: HashMap<Pool, Pooled> = cap.into_pooled().into_iter().collect();
-        for (key, texts, pool) in missing {
-            let rows: Vec<usize> = texts.iter().map(|t| index[t.as_str()]).collect();
-            let selected = pooled[&pool].select(&rows);
+        for ((key, _, _), (_, pooled)) in missing.into_iter().zip(cap.into_pooled()) {
             if let Some(cache) = &self.cache {
-                cache.store(&key, &selected)?;
+                cache.store(&key, &pooled)?;
             }
-            self.memo.insert(key, Arc::new(selected));
+            self.memo.insert(key, Arc::new(pooled));
         }
         Ok(())
     }
