@@ -313,7 +313,10 @@ fn a_perturbed_weight_breaks_the_match() {
 #[test]
 fn non_finite_values_fail_the_comparison() {
     let gold = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-    let fails = |ours: &[f32], gold: &[f32]| !(worst_row_error(ours, gold, 0, 2) <= TOLERANCE);
+    let fails = |ours: &[f32], gold: &[f32]| {
+        let err = worst_row_error(ours, gold, 0, 2);
+        err.is_nan() || err > TOLERANCE
+    };
     assert!(!fails(&gold, &gold), "identical rows must pass");
     assert!(fails(&[f32::NAN; 6], &gold), "an all-NaN output passed");
     assert!(
