@@ -216,8 +216,6 @@ fn a_task_written_from_the_docs_runs_on_a_users_file() {
     assert_eq!(r.task.n_items, 48, "the 12 three-star reviews are dropped");
     assert_eq!(r.info["dropped_rows"], 12);
     assert_eq!(r.info["classes"], serde_json::json!(["bad", "good"]));
-    // Made-up texts with their class in every word: any layer separates them.
-    assert!(r.peak.score > 0.9, "{}", r.peak.score);
     assert_eq!(r.chance().unwrap().score, Some(24.0 / 48.0));
     assert_eq!(r.signal, Some(true));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -282,6 +280,51 @@ fn labels_that_carry_no_signal_are_reported_as_no_signal() {
         let above = l["ci_low"].as_f64().unwrap() > majority;
         assert_eq!(l["above_chance"], above, "layer {}", l["layer"]);
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Reviews whose class lies only in word order: "The film was good, not bad." against
+/// "The film was bad, not good.", the same tokens in another order. The embeddings
+/// (layer 0) pool both to the same vector, so no probe can beat chance there (SmolLM2:
+/// 0.22); only blocks whose attention mixes tokens by position separate them (1.00 from
+/// layer 1 on). Blocks that are skipped or attend only to their own token leave every
+/// layer where layer 0 is, whereas texts that carry their class in every word are
+/// separated at any layer even by random weights.
+#[test]
+fn only_blocks_that_mix_tokens_read_class_from_word_order() {
+    let dir = scratch("order");
+    std::fs::write(dir.join("reviews.toml"), documented_example()).unwrap();
+    let pairs = [
+        ("good", "bad"),
+        ("great", "awful"),
+        ("excellent", "terrible"),
+        ("wonderful", "horrible"),
+        ("nice", "poor"),
+    ];
+    let mut csv = String::from("review,stars\n");
+    for subject in ["film", "meal", "hotel", "book", "phone", "concert"] {
+        for (good, bad) in pairs {
+            csv.push_str(&format!("\"The {subject} was {good}, not {bad}.\",5\n"));
+            csv.push_str(&format!("\"The {subject} was {bad}, not {good}.\",1\n"));
+        }
+    }
+    std::fs::write(dir.join("reviews.csv"), csv).unwrap();
+    let task = tasks::load(dir.join("reviews.toml").to_str().unwrap()).unwrap();
+    let model = harness::loader::load("smollm2").unwrap();
+    let opts = EvalOptions {
+        resamples: 20,
+        use_cache: false,
+        quiet: true,
+        ..EvalOptions::default()
+    };
+    let r = evaluate(&model, &[task], &opts).unwrap().remove(0);
+    let scores: Vec<f64> = r.layers.iter().map(|l| l.score).collect();
+    eprintln!("word order probe by layer: {scores:.2?}");
+    assert!(
+        scores[0] <= 0.55,
+        "layer 0 cannot see word order: {scores:.2?}"
+    );
+    assert!(r.peak.score >= 0.9, "no layer read the order: {scores:.2?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -79,7 +79,8 @@ impl Golden {
 }
 
 /// Worst relative L2 error over rows of `width` floats, comparing `ours` (rows of
-/// one sequence) with the golden rows starting at `offset`.
+/// one sequence) with the golden rows starting at `offset`. NaN when any row holds a
+/// NaN or an infinity, on either side, so that `err <= TOLERANCE` fails.
 fn worst_row_error(ours: &[f32], golden: &[f32], offset: usize, width: usize) -> f32 {
     ours.chunks(width)
         .enumerate()
@@ -87,9 +88,20 @@ fn worst_row_error(ours: &[f32], golden: &[f32], offset: usize, width: usize) ->
             let g = &golden[offset + r * width..offset + (r + 1) * width];
             let diff: f32 = row.iter().zip(g).map(|(a, b)| (a - b) * (a - b)).sum();
             let norm: f32 = g.iter().map(|b| b * b).sum();
-            (diff / norm.max(1e-12)).sqrt()
+            if row.iter().chain(g).all(|x| x.is_finite()) {
+                (diff / norm.max(1e-12)).sqrt()
+            } else {
+                f32::NAN
+            }
         })
-        .fold(0.0, f32::max)
+        // `f32::max` would return the other operand for a NaN and hide it.
+        .fold(0.0, |worst, e| {
+            if e.is_nan() || worst.is_nan() {
+                f32::NAN
+            } else {
+                worst.max(e)
+            }
+        })
 }
 
 /// Runs `seqs` (one batch when `batched`, else one at a time) and returns the
@@ -312,4 +324,28 @@ fn a_perturbed_weight_breaks_the_match() {
         err > TOLERANCE,
         "a 1% change to {name} went unnoticed (worst error {err:.2e} at {at})"
     );
+}
+
+/// A NaN or an infinity anywhere in our output, or in a golden row, must fail the
+/// comparison: `f32::max` would silently drop a NaN row and let an all-NaN output pass.
+#[test]
+fn non_finite_values_fail_the_comparison() {
+    let gold = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let fails = |ours: &[f32], gold: &[f32]| {
+        let err = worst_row_error(ours, gold, 0, 2);
+        err.is_nan() || err > TOLERANCE
+    };
+    assert!(!fails(&gold, &gold), "identical rows must pass");
+    assert!(fails(&[f32::NAN; 6], &gold), "an all-NaN output passed");
+    assert!(
+        fails(&[1.0, 2.0, f32::NAN, 4.0, 5.0, 6.0], &gold),
+        "one NaN passed"
+    );
+    assert!(
+        fails(&[1.0, 2.0, 3.0, 4.0, 5.0, f32::INFINITY], &gold),
+        "an infinity passed"
+    );
+    let mut bad_gold = gold;
+    bad_gold[1] = f32::INFINITY;
+    assert!(fails(&gold, &bad_gold), "an infinite golden value passed");
 }
