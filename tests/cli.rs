@@ -148,10 +148,8 @@ fn embed_writes_every_layer_in_input_order() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Runs `embed` expecting a clean failure naming `needle`, with no output written.
-fn embed_fails(model: &str, input: &Path, extra: &[&str], needle: &str) {
-    let dir = input.parent().unwrap();
-    let out_path = dir.join("never.safetensors");
+/// `harness embed` of the lines of `input` into `out_path`, with `extra` arguments.
+fn embed(model: &str, input: &Path, out_path: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "embed",
         "--model",
@@ -162,7 +160,14 @@ fn embed_fails(model: &str, input: &Path, extra: &[&str], needle: &str) {
         out_path.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let out = harness(&args);
+    harness(&args)
+}
+
+/// Runs `embed` expecting a clean failure naming `needle`, with no output written.
+fn embed_fails(model: &str, input: &Path, extra: &[&str], needle: &str) {
+    let dir = input.parent().unwrap();
+    let out_path = dir.join("never.safetensors");
+    let out = embed(model, input, &out_path, extra);
     assert_fails_with(&out, needle);
     assert!(
         !out_path.exists(),
@@ -453,17 +458,7 @@ fn embed_with(dir: &Path, model: &Path, texts: &[&str], extra: &[&str]) -> (Vec<
     let input = dir.join("texts.txt");
     std::fs::write(&input, texts.join("\n") + "\n").unwrap();
     let out_path = dir.join("embedded.safetensors");
-    let mut args = vec![
-        "embed",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--out",
-        out_path.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let out = harness(&args);
+    let out = embed(model.to_str().unwrap(), &input, &out_path, extra);
     assert!(out.status.success(), "{}", stderr(&out));
     read_embeddings(&out_path)
 }

@@ -189,19 +189,7 @@ fn a_task_written_from_the_docs_runs_on_a_users_file() {
     std::fs::write(dir.join("reviews.toml"), documented_example()).unwrap();
     write_reviews(&dir.join("reviews.csv"), 60);
     let out_dir = dir.join("results");
-    let out = harness(
-        &[
-            "eval",
-            "--task",
-            dir.join("reviews.toml").to_str().unwrap(),
-            "--model",
-            root().join("tests/fixtures/tiny-llama").to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
-            "--no-cache",
-        ],
-        &[],
-    );
+    let out = eval_tiny("tiny-llama", &dir.join("reviews.toml"), &out_dir, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -245,19 +233,7 @@ fn labels_that_carry_no_signal_are_reported_as_no_signal() {
     std::fs::write(dir.join("reviews.toml"), documented_example()).unwrap();
     write_random_reviews(&dir.join("reviews.csv"), 80);
     let out_dir = dir.join("results");
-    let out = harness(
-        &[
-            "eval",
-            "--task",
-            dir.join("reviews.toml").to_str().unwrap(),
-            "--model",
-            root().join("tests/fixtures/tiny-llama").to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
-            "--no-cache",
-        ],
-        &[],
-    );
+    let out = eval_tiny("tiny-llama", &dir.join("reviews.toml"), &out_dir, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("no signal"), "{stdout}");
