@@ -627,15 +627,17 @@ pub fn lock_results(
     tasks: &[LoadedTask],
     opts: &EvalOptions,
 ) -> Result<Vec<WriteLock>> {
+    let lock_dir = crate::cache::cache_root()?.join("locks");
     tasks
         .iter()
         .map(|t| {
-            lock_for_writing(&result_file(
+            let path = result_file(
                 dir,
                 &model.source.name,
                 &t.spec.name,
                 &opts.intervention.ablate_first_mlp,
-            ))
+            );
+            lock_for_writing(&path, &lock_dir)
         })
         .collect()
 }

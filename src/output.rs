@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
 
 use crate::faults::pause_at;
 
@@ -125,11 +126,15 @@ pub struct WriteLock {
 }
 
 /// Claims `path` for this process, or fails at once, naming the process that holds
-/// it. The lock is `.<name>.lock` beside `path`; it stays when released, since
-/// removing it would race with a run that is opening it.
-pub fn lock_for_writing(path: &Path) -> Result<WriteLock> {
-    let (dir, name) = make_parent(path)?;
-    let lock = dir.join(format!(".{name}.lock"));
+/// it. The lock file lives in `lock_dir`, named by a digest of `path` made absolute,
+/// so that a run which fails before writing leaves nothing where its results would
+/// go; it stays when released, since removing it would race with a run opening it.
+pub fn lock_for_writing(path: &Path, lock_dir: &Path) -> Result<WriteLock> {
+    std::fs::create_dir_all(lock_dir)
+        .with_context(|| format!("cannot create {}", lock_dir.display()))?;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let digest = Sha256::digest(absolute.to_string_lossy().as_bytes());
+    let lock = lock_dir.join(format!("{digest:x}.lock"));
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -222,14 +227,16 @@ mod tests {
     fn a_second_writer_is_refused_until_the_first_lets_go() {
         let dir = std::env::temp_dir().join(format!("harness-lock-{}", std::process::id()));
         let target = dir.join("mr.json");
-        let first = lock_for_writing(&target).unwrap();
-        let err = lock_for_writing(&target).unwrap_err().to_string();
+        let locks = dir.join("locks");
+        let first = lock_for_writing(&target, &locks).unwrap();
+        let err = lock_for_writing(&target, &locks).unwrap_err().to_string();
         assert!(
             err.contains(&format!("pid {}", std::process::id())) && err.contains("mr.json"),
             "{err}"
         );
+        assert!(!dir.join("mr.json").exists() && !dir.join(".mr.json.lock").exists());
         drop(first);
-        lock_for_writing(&target).unwrap();
+        lock_for_writing(&target, &locks).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
