@@ -183,23 +183,27 @@ fn write_reviews(path: &Path, rows: usize) {
     std::fs::write(path, csv).unwrap();
 }
 
-#[test]
-fn a_task_written_from_the_docs_runs_on_a_users_file() {
-    let dir = scratch("docs");
+/// Runs the documented example task on tiny-llama over the reviews `write_csv` writes,
+/// in a scratch folder named `name`: that folder, the run's stdout and its result file.
+fn eval_documented_example(name: &str, write_csv: impl Fn(&Path)) -> (PathBuf, String, PathBuf) {
+    let dir = scratch(name);
     std::fs::write(dir.join("reviews.toml"), documented_example()).unwrap();
-    write_reviews(&dir.join("reviews.csv"), 60);
+    write_csv(&dir.join("reviews.csv"));
     let out_dir = dir.join("results");
     let out = eval_tiny("tiny-llama", &dir.join("reviews.toml"), &out_dir, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (dir, stdout, out_dir.join("tiny-llama/reviews.json"))
+}
+
+#[test]
+fn a_task_written_from_the_docs_runs_on_a_users_file() {
+    let (dir, stdout, result) = eval_documented_example("docs", |csv| write_reviews(csv, 60));
     assert!(
         stdout.contains("<- peak") && stdout.contains("paper's prediction"),
         "{stdout}"
     );
-    let r: EvalResult = serde_json::from_str(
-        &std::fs::read_to_string(out_dir.join("tiny-llama/reviews.json")).unwrap(),
-    )
-    .unwrap();
+    let r: EvalResult = serde_json::from_str(&std::fs::read_to_string(result).unwrap()).unwrap();
     check(&r, 4);
     assert_eq!(r.task.n_items, 48, "the 12 three-star reviews are dropped");
     assert_eq!(r.info["dropped_rows"], 12);
@@ -229,18 +233,11 @@ fn write_random_reviews(path: &Path, rows: usize) {
 
 #[test]
 fn labels_that_carry_no_signal_are_reported_as_no_signal() {
-    let dir = scratch("chance");
-    std::fs::write(dir.join("reviews.toml"), documented_example()).unwrap();
-    write_random_reviews(&dir.join("reviews.csv"), 80);
-    let out_dir = dir.join("results");
-    let out = eval_tiny("tiny-llama", &dir.join("reviews.toml"), &out_dir, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (dir, stdout, result) =
+        eval_documented_example("chance", |csv| write_random_reviews(csv, 80));
     assert!(stdout.contains("no signal"), "{stdout}");
-    let r: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out_dir.join("tiny-llama/reviews.json")).unwrap(),
-    )
-    .unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(result).unwrap()).unwrap();
     let counts: Vec<f64> = r["info"]["class_counts"]
         .as_array()
         .unwrap()
