@@ -1,5 +1,5 @@
 //! `harness eval` against an independent Python reference: every layer's score on a small
-//! fixed subset of the generation tasks (the logit lens) and of retrieval on SmolLM2, and
+//! fixed subset of the generation tasks (the logit lens) and of retrieval and similarity on SmolLM2, and
 //! the `mr` probe's accuracy at six layers, as computed by
 //! `scripts/reference/eval_reference.py` with transformers, scikit-learn, SciPy and a plain
 //! nDCG (`tests/golden/eval_smollm2.json`).
@@ -181,6 +181,21 @@ fn probe_accuracy_matches_scikit_learn() {
         &ours,
         &numbers(&reference["scores"]),
         0.02,
+        false,
+    );
+}
+
+#[test]
+fn similarity_spearman_matches_scipy() {
+    let (r, reference) = run("lee-sts");
+    assert_eq!(r.info["texts"], reference["texts"]);
+    // Cosines agree to ~1e-6, so ranks only change at near-ties; Spearman over 150 pairs
+    // moves by ~1e-4 per swapped neighbour pair.
+    compare(
+        "lee-sts spearman",
+        &scores(&r),
+        &numbers(&reference["scores"]),
+        1e-3,
         false,
     );
 }
