@@ -22,7 +22,7 @@ use crate::embed::{self, Encoding};
 use crate::eval::EvalOptions;
 use crate::loader::{LoadedModel, ModelInfo};
 use crate::models::{Intervention, Transformer};
-use crate::output::write_bytes_atomic;
+use crate::output::{write_bytes_atomic, WriteLock};
 use crate::progress::Progress;
 use crate::tasks::LoadedTask;
 
@@ -220,12 +220,23 @@ pub struct AnalyzeResult {
 impl AnalyzeResult {
     /// Writes `dir/<model>/analyze.json` atomically and returns its path.
     pub fn save(&self, dir: &Path) -> Result<PathBuf> {
-        let path = dir.join(&self.model.name).join("analyze.json");
+        let path = result_path(dir, &self.model.name);
         let mut bytes = serde_json::to_vec_pretty(self)?;
         bytes.push(b'\n');
         write_bytes_atomic(&path, &bytes)?;
         Ok(path)
     }
+}
+
+/// Where the analysis of `model` goes: `DIR/<model>/analyze.json`.
+pub fn result_path(dir: &Path, model: &str) -> PathBuf {
+    dir.join(model).join("analyze.json")
+}
+
+/// Claims `model`'s analysis file under `dir` before the work starts, so a second
+/// run on it fails at once instead of overwriting (or being overwritten by) this one.
+pub fn lock_result(dir: &Path, model: &str) -> Result<WriteLock> {
+    crate::cache::lock_result(&result_path(dir, model))
 }
 
 /// The default prompts: `limit` paragraphs of the Austen novels with at least

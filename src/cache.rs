@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::assets::harness_home;
 use crate::capture::{Pool, Pooled};
-use crate::output::write_atomic;
+use crate::output::{lock_for_writing, write_atomic, WriteLock};
 
 /// Bumped whenever what the cache stores changes meaning.
 const FORMAT: u32 = 1;
@@ -59,6 +59,13 @@ pub fn cache_root() -> Result<PathBuf> {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => harness_home()?.join("cache"),
     })
+}
+
+/// Claims the result file `path` for this run (see [`lock_for_writing`]), with the lock
+/// under `$HARNESS_CACHE/locks` so a run that fails early leaves nothing where its
+/// results would go.
+pub fn lock_result(path: &Path) -> Result<WriteLock> {
+    lock_for_writing(path, &cache_root()?.join("locks"))
 }
 
 impl EmbeddingCache {

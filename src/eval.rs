@@ -9,13 +9,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CacheKey, EmbeddingCache};
+use crate::cache::{lock_result, CacheKey, EmbeddingCache};
 use crate::capture::{self, BatchPlan, Capture, Pool, Pooled, PooledCapture};
 use crate::embed::{self, Encoding};
 use crate::loader::LoadedModel;
 use crate::metrics;
 use crate::models::Intervention;
-use crate::output::{lock_for_writing, write_bytes_atomic, WriteLock};
+use crate::output::{write_bytes_atomic, WriteLock};
 use crate::progress::Progress;
 use crate::scores::{Chance, Scored};
 use crate::tasks::LoadedTask;
@@ -627,17 +627,15 @@ pub fn lock_results(
     tasks: &[LoadedTask],
     opts: &EvalOptions,
 ) -> Result<Vec<WriteLock>> {
-    let lock_dir = crate::cache::cache_root()?.join("locks");
     tasks
         .iter()
         .map(|t| {
-            let path = result_file(
+            lock_result(&result_file(
                 dir,
                 &model.source.name,
                 &t.spec.name,
                 &opts.intervention.ablate_first_mlp,
-            );
-            lock_for_writing(&path, &lock_dir)
+            ))
         })
         .collect()
 }

@@ -319,6 +319,7 @@ fn analyze(args: AnalyzeArgs, quiet: bool) -> Result<()> {
         )?,
     };
     let loaded = load_model(&args.model)?;
+    let _lock = analyze::lock_result(&args.out, &loaded.source.name)?;
     let opts = AnalyzeOptions {
         encoding: args.run.encoding(),
         max_tokens: args.max_tokens,

@@ -376,3 +376,40 @@ fn task_prompts_and_the_auto_ablation_in_eval() {
     assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_second_run_on_the_same_analysis_is_refused() {
+    let dir = scratch("lock");
+    let prompts = write_prompts(&dir, "One prompt that is long enough.\nAnd another.\n");
+    let (out, cache) = (dir.join("results"), dir.join("cache"));
+    // What a first run holds while it works: the lock on its analyze.json.
+    let held = harness::output::lock_for_writing(
+        &analyze::result_path(&out, "smollm2"),
+        &cache.join("locks"),
+    )
+    .unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_harness"))
+            .args(["analyze", "--model", "smollm2", "--input", &prompts])
+            .args(["--max-tokens", "8", "--quiet", "--out"])
+            .arg(&out)
+            .env("HARNESS_CACHE", &cache)
+            .output()
+            .unwrap()
+    };
+    let second = run();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        stderr.starts_with("error: another harness run") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    drop(held);
+    let third = run();
+    assert!(
+        third.status.success(),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
