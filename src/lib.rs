@@ -2,24 +2,15 @@
 //!
 //! The library holds every piece; the `harness` binary only parses arguments.
 
-pub mod analyze;
-pub mod assets;
-pub mod cache;
-pub mod capture;
+pub mod commands;
 pub mod datasets;
 pub mod diagnostics;
-pub mod embed;
-pub mod eval;
-pub mod faults;
+pub mod embeddings;
 pub mod hub;
-pub mod loader;
-pub mod metrics;
-pub mod models;
-pub mod output;
+pub mod io;
+pub mod model;
 pub mod probe;
-pub mod progress;
 pub mod report;
-pub mod sampling;
-pub mod scores;
+pub mod results;
+pub mod stats;
 pub mod tasks;
-pub mod tokenizer;

@@ -7,13 +7,14 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use harness::analyze::{self, Ablate, AnalyzeOptions};
-use harness::capture::{BatchPlan, Pool};
-use harness::embed::{self, Encoding};
-use harness::eval::EvalOptions;
-use harness::models::Intervention;
-use harness::progress::Progress;
-use harness::tokenizer::BosPolicy;
+use harness::commands::analyze::{self, Ablate, AnalyzeOptions};
+use harness::commands::eval::EvalOptions;
+use harness::embeddings::encode::{self, Encoding};
+use harness::embeddings::pool::Pool;
+use harness::io::progress::Progress;
+use harness::model::capture::BatchPlan;
+use harness::model::tokenizer::BosPolicy;
+use harness::model::Intervention;
 
 #[derive(Parser)]
 #[command(
@@ -203,11 +204,11 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Embed(args) => {
-            harness::output::check_destination(&args.out)?;
+            harness::io::output::check_destination(&args.out)?;
             let loaded = load_model(&args.model)?;
             let texts = harness::datasets::read_lines(&args.input)?;
             let progress = Progress::new("embed", "tokens", cli.quiet);
-            let out = embed::embed_texts(
+            let out = encode::embed_texts(
                 &loaded,
                 &texts,
                 args.pool,
@@ -292,12 +293,12 @@ fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
             ablate_first_mlp: blocks,
         };
     }
-    let _locks = harness::eval::lock_results(&args.out, &model, &tasks, &opts)?;
-    let results = harness::eval::evaluate(&model, &tasks, &opts)?;
+    let _locks = harness::commands::eval::lock_results(&args.out, &model, &tasks, &opts)?;
+    let results = harness::commands::eval::evaluate(&model, &tasks, &opts)?;
     for result in &results {
         let task = format!("task {}: ", result.task.name);
         warn_truncated(&task, result.truncated(), &model);
-        let path = harness::eval::write_result(&args.out, result)?;
+        let path = harness::results::eval::write_result(&args.out, result)?;
         print!("{}", harness::report::eval_table(result));
         println!("wrote {}\n", path.display());
     }
@@ -319,7 +320,7 @@ fn analyze(args: AnalyzeArgs, quiet: bool) -> Result<()> {
         )?,
     };
     let loaded = load_model(&args.model)?;
-    let _lock = analyze::lock_result(&args.out, &loaded.source.name)?;
+    let _lock = harness::results::analyze::lock_result(&args.out, &loaded.source.name)?;
     let opts = AnalyzeOptions {
         encoding: args.run.encoding(),
         max_tokens: args.max_tokens,
@@ -336,8 +337,8 @@ fn analyze(args: AnalyzeArgs, quiet: bool) -> Result<()> {
 }
 
 /// Loads a model, passing on what the loader has to say about its checkpoint.
-fn load_model(spec: &str) -> Result<harness::loader::LoadedModel> {
-    let loaded = harness::loader::load(spec)?;
+fn load_model(spec: &str) -> Result<harness::model::source::LoadedModel> {
+    let loaded = harness::model::source::load(spec)?;
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }
@@ -345,7 +346,7 @@ fn load_model(spec: &str) -> Result<harness::loader::LoadedModel> {
 }
 
 /// The warning `--truncate` owes when it cut texts; `what` says whose.
-fn warn_truncated(what: &str, count: usize, model: &harness::loader::LoadedModel) {
+fn warn_truncated(what: &str, count: usize, model: &harness::model::source::LoadedModel) {
     if count > 0 {
         eprintln!(
             "warning: {what}{count} text(s) were cut to the model's context of {} tokens",

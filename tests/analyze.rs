@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use harness::analyze::{self, Ablate, AnalyzeOptions, LayerStats};
-use harness::capture::BatchPlan;
-use harness::embed::Encoding;
-use harness::progress::Progress;
-use harness::tokenizer::BosPolicy;
+use harness::commands::analyze::{self, Ablate, AnalyzeOptions};
+use harness::embeddings::encode::Encoding;
+use harness::io::progress::Progress;
+use harness::model::capture::BatchPlan;
+use harness::model::tokenizer::BosPolicy;
+use harness::results::analyze::LayerStats;
 use serde_json::Value;
 
 /// Largest relative difference allowed from the reference, per metric and layer.
@@ -84,7 +85,7 @@ fn check_golden(model: &str) {
         .iter()
         .map(|p| p.as_str().unwrap().to_string())
         .collect();
-    let loaded = harness::loader::load(model)
+    let loaded = harness::model::source::load(model)
         .unwrap_or_else(|e| panic!("{e:#} (run scripts/fetch_assets.py)"));
     let opts = AnalyzeOptions {
         encoding: Encoding {
@@ -383,8 +384,8 @@ fn a_second_run_on_the_same_analysis_is_refused() {
     let prompts = write_prompts(&dir, "One prompt that is long enough.\nAnd another.\n");
     let (out, cache) = (dir.join("results"), dir.join("cache"));
     // What a first run holds while it works: the lock on its analyze.json.
-    let held = harness::output::lock_for_writing(
-        &analyze::result_path(&out, "smollm2"),
+    let held = harness::io::output::lock_for_writing(
+        &harness::results::analyze::result_path(&out, "smollm2"),
         &cache.join("locks"),
     )
     .unwrap();

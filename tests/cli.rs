@@ -567,7 +567,7 @@ const BATCH_TEXTS: [&str; 5] = [
 /// Records the rows of every batch a forward pass is given.
 struct BatchLog(Vec<Vec<usize>>);
 
-impl harness::capture::Capture for BatchLog {
+impl harness::model::capture::Capture for BatchLog {
     fn depth(&self) -> usize {
         0
     }
@@ -576,7 +576,7 @@ impl harness::capture::Capture for BatchLog {
         &mut self,
         _: usize,
         _: &candle_core::Tensor,
-        batch: &harness::capture::Batch,
+        batch: &harness::model::capture::Batch,
     ) -> anyhow::Result<()> {
         self.0.push(batch.index.clone());
         Ok(())
@@ -587,14 +587,14 @@ impl harness::capture::Capture for BatchLog {
 /// together hold every text once; without it, these short texts share one batch.
 #[test]
 fn batch_size_sets_the_texts_per_batch() {
-    use harness::capture::{self, BatchPlan};
-    let model = harness::loader::load(fixture("tiny-llama").to_str().unwrap()).unwrap();
+    use harness::model::capture::{self, BatchPlan};
+    let model = harness::model::source::load(fixture("tiny-llama").to_str().unwrap()).unwrap();
     let seqs: Vec<Vec<u32>> = BATCH_TEXTS
         .iter()
         .map(|t| {
             model
                 .tokenizer
-                .encode(t, harness::tokenizer::BosPolicy::Auto)
+                .encode(t, harness::model::tokenizer::BosPolicy::Auto)
                 .unwrap()
         })
         .collect();
@@ -605,9 +605,9 @@ fn batch_size_sets_the_texts_per_batch() {
             &seqs,
             model.tokenizer.pad_id(),
             BatchPlan::with_batch_size(size),
-            &harness::models::Intervention::default(),
+            &harness::model::Intervention::default(),
             &mut log,
-            &harness::progress::Progress::hidden(),
+            &harness::io::progress::Progress::hidden(),
         )
         .unwrap();
         log.0

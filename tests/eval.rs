@@ -8,7 +8,8 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use harness::eval::{evaluate, EvalOptions, EvalResult};
+use harness::commands::eval::{evaluate, EvalOptions};
+use harness::results::eval::EvalResult;
 use harness::tasks;
 
 fn root() -> PathBuf {
@@ -85,7 +86,7 @@ fn check(r: &EvalResult, layers: usize) {
 
 /// Every shipped task (but sst2, which needs the network) on a small slice.
 fn shipped_tasks_run_on(model: &str) {
-    let loaded = harness::loader::load(model).unwrap();
+    let loaded = harness::model::source::load(model).unwrap();
     let layers = loaded.model.num_layers() + 1;
     let opts = |limit: usize| EvalOptions {
         limit: Some(limit),
@@ -283,7 +284,7 @@ fn only_blocks_that_mix_tokens_read_class_from_word_order() {
     }
     std::fs::write(dir.join("reviews.csv"), csv).unwrap();
     let task = tasks::load(dir.join("reviews.toml").to_str().unwrap()).unwrap();
-    let model = harness::loader::load("smollm2").unwrap();
+    let model = harness::model::source::load("smollm2").unwrap();
     let opts = EvalOptions {
         resamples: 20,
         use_cache: false,
@@ -787,16 +788,16 @@ fn similarity_csv() -> String {
 /// `embed`'s vectors of [`SENTENCES`], centred by hand (each layer's mean over the
 /// task's distinct texts) when asked.
 fn hand_spearman(model: &str, csv: &Path, center: bool) -> Vec<f64> {
-    let loaded = harness::loader::load(model).unwrap();
+    let loaded = harness::model::source::load(model).unwrap();
     let texts: Vec<String> = SENTENCES.iter().map(|s| s.to_string()).collect();
-    let pooled = harness::embed::embed_texts(
+    let pooled = harness::embeddings::encode::embed_texts(
         &loaded,
         &texts,
-        harness::capture::Pool::MeanSkipFirst,
+        harness::embeddings::pool::Pool::MeanSkipFirst,
         EvalOptions::default().encoding,
-        harness::capture::BatchPlan::default(),
-        &harness::models::Intervention::default(),
-        &harness::progress::Progress::hidden(),
+        harness::model::capture::BatchPlan::default(),
+        &harness::model::Intervention::default(),
+        &harness::io::progress::Progress::hidden(),
     )
     .unwrap()
     .pooled;
@@ -831,7 +832,7 @@ fn hand_spearman(model: &str, csv: &Path, center: bool) -> Vec<f64> {
                     dot / (norm(a) * norm(b))
                 })
                 .collect();
-            harness::metrics::spearman(&cos, &gold)
+            harness::stats::metrics::spearman(&cos, &gold)
         })
         .collect()
 }
@@ -909,7 +910,7 @@ fn seed_chooses_the_subset_and_the_same_seed_repeats_it() {
     let all = texts(None, 0);
     assert_eq!(all.len(), 48);
     for seed in [0, 1, 7] {
-        let expected: Vec<String> = harness::sampling::subset(all.len(), Some(10), seed)
+        let expected: Vec<String> = harness::stats::sampling::subset(all.len(), Some(10), seed)
             .into_iter()
             .map(|i| all[i].clone())
             .collect();
@@ -1131,7 +1132,7 @@ fn answer_map_turns_answer_values_into_choices() {
             "answer_map = { \"1\" = \" no\", \"0\" = \" yes\" }\n",
         ),
     ];
-    let model = harness::loader::load(&fixture("tiny-llama")).unwrap();
+    let model = harness::model::source::load(&fixture("tiny-llama")).unwrap();
     let opts = EvalOptions {
         resamples: 20,
         use_cache: false,
@@ -1218,7 +1219,7 @@ fn a_replaced_registry_model_gets_its_own_cache_entries() {
     let dir = scratch("replaced");
     let task = reviews_task(&dir, 40);
     let (home, cache, out) = (dir.join("home"), dir.join("cache"), dir.join("out"));
-    let asset = |alias: &str| harness::assets::find_model(alias).unwrap().unwrap();
+    let asset = |alias: &str| harness::io::assets::find_model(alias).unwrap().unwrap();
     let installed = home.join(&asset("smollm2").file);
     std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
     let run = || -> (EvalResult, String) {
@@ -1242,7 +1243,7 @@ fn a_replaced_registry_model_gets_its_own_cache_entries() {
         let json = std::fs::read_to_string(out.join("smollm2/reviews.json")).unwrap();
         (serde_json::from_str(&json).unwrap(), stderr(&o))
     };
-    let real = harness::assets::harness_home().unwrap();
+    let real = harness::io::assets::harness_home().unwrap();
     std::os::unix::fs::symlink(real.join(&asset("smollm2").file), &installed).unwrap();
     let (first, _) = run();
     assert_eq!(first.layers.len(), 31);

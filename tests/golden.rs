@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use harness::capture::{self, BatchPlan, FullCapture};
-use harness::loader::{self, LoadedModel};
-use harness::models::Intervention;
-use harness::progress::Progress;
-use harness::tokenizer::BosPolicy;
+use harness::embeddings::pool::FullCapture;
+use harness::io::progress::Progress;
+use harness::model::capture::{self, BatchPlan};
+use harness::model::source::{self, LoadedModel};
+use harness::model::tokenizer::BosPolicy;
+use harness::model::Intervention;
 use serde::Deserialize;
 
 /// Largest relative error allowed per token row (per query row for attention).
@@ -50,7 +51,7 @@ fn load_model(spec: &str) -> LoadedModel {
     } else {
         spec.to_string()
     };
-    loader::load(&spec).unwrap_or_else(|e| panic!("{e:#} (run scripts/fetch_assets.py)"))
+    source::load(&spec).unwrap_or_else(|e| panic!("{e:#} (run scripts/fetch_assets.py)"))
 }
 
 impl Golden {

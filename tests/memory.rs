@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use harness::capture::{Pool, Pooled, PooledCapture};
-use harness::eval::{Env, EvalOptions};
+use harness::commands::eval::{Env, EvalOptions};
+use harness::embeddings::pool::{Pool, Pooled, PooledCapture};
 
 /// The system allocator, keeping the bytes in use now and their highest mark.
 struct Counting;
@@ -70,7 +70,7 @@ fn peak_during<R>(f: impl FnOnce() -> R) -> (usize, R) {
 #[test]
 fn pooled_vectors_are_held_once_and_land_in_the_right_rows() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
-    let model = harness::loader::load(&dir.display().to_string()).unwrap();
+    let model = harness::model::source::load(&dir.display().to_string()).unwrap();
     let opts = EvalOptions {
         use_cache: false,
         quiet: true,

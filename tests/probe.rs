@@ -5,8 +5,8 @@
 
 use std::time::Instant;
 
-use harness::metrics;
 use harness::probe::{self, FitOptions, ProbeConfig, Standardizer};
+use harness::stats::metrics;
 use linfa::prelude::*;
 use linfa_logistic::{LogisticRegression, MultiLogisticRegression};
 use ndarray::{Array1, Array2, ArrayView2};

@@ -7,8 +7,9 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use harness::eval::{evaluate, EvalOptions, EvalResult};
-use harness::loader::{self, LoadedModel};
+use harness::commands::eval::{evaluate, EvalOptions};
+use harness::model::source::{self, LoadedModel};
+use harness::results::eval::EvalResult;
 use harness::tasks;
 use serde_json::Value;
 
@@ -23,7 +24,7 @@ fn golden() -> &'static Value {
 fn model() -> &'static LoadedModel {
     static MODEL: OnceLock<LoadedModel> = OnceLock::new();
     MODEL.get_or_init(|| {
-        loader::load("smollm2").unwrap_or_else(|e| panic!("{e:#} (run scripts/fetch_assets.py)"))
+        source::load("smollm2").unwrap_or_else(|e| panic!("{e:#} (run scripts/fetch_assets.py)"))
     })
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use harness::tokenizer::{BosPolicy, TextTokenizer};
+use harness::model::tokenizer::{BosPolicy, TextTokenizer};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 

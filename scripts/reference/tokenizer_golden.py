@@ -2,7 +2,7 @@
 """Write tests/golden/tokenizer.json: the token ids transformers gives for the GGUF tokenizers.
 
 transformers is the reference for what a model was trained on, so `tests/tokenizer.rs` checks
-that harness's Rust tokenizer (`src/tokenizer.rs`) reproduces these ids exactly, and that the
+that harness's Rust tokenizer (`src/model/tokenizer/`) reproduces these ids exactly, and that the
 tokenizer it rebuilds from GGUF metadata has the same vocabulary, merges and added tokens
 (compared through digests, the merges alone being half a million pairs for Gemma 3).
 

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::hub::Hub;
-use crate::output::write_bytes_atomic;
+use crate::io::output::write_bytes_atomic;
 
 /// Rows per request; the viewer serves at most 100.
 const PAGE: usize = 100;

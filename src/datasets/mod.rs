@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::assets::harness_home;
+use crate::io::assets::harness_home;
 
 /// A file's text; bytes that are not UTF-8 are an error naming their line.
 pub fn read_text(path: &Path) -> Result<String> {

@@ -11,7 +11,7 @@ use super::plots::Plot;
 use super::results::Results;
 use super::{blocks, chance_cell as chance_text, fmt_score, run_label, short, verdict};
 use crate::diagnostics::{AttentionMetrics, ResidMetrics};
-use crate::eval::EvalResult;
+use crate::results::eval::EvalResult;
 
 /// A table cell: what it shows and, for numbers, the value it sorts by.
 #[derive(Debug, Clone, PartialEq)]

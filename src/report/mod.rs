@@ -18,12 +18,12 @@ use anyhow::{bail, Context, Result};
 
 pub use results::{load, Results};
 
-use crate::output::write_bytes_atomic;
+use crate::io::output::write_bytes_atomic;
 
-use crate::analyze::AnalyzeResult;
-use crate::eval::EvalResult;
-use crate::loader::ModelInfo;
-use crate::scores::Chance;
+use crate::model::source::ModelInfo;
+use crate::results::analyze::AnalyzeResult;
+use crate::results::eval::EvalResult;
+use crate::stats::scores::Chance;
 
 /// `harness inspect` as aligned `key  value` lines.
 pub fn inspect_table(info: &ModelInfo) -> String {
@@ -257,13 +257,13 @@ pub fn write_report(results: &Results, out: &Path) -> Result<Vec<PathBuf>> {
     if results.evals.is_empty() && results.analyses.is_empty() {
         bail!(
             "no {} or {} results under {}",
-            crate::eval::SCHEMA,
-            crate::analyze::SCHEMA,
+            crate::results::eval::SCHEMA,
+            crate::results::analyze::SCHEMA,
             results.dir.display()
         );
     }
     let plots = plots::all(results)?;
-    let generated = leaderboard::generated(results, &crate::eval::now_utc());
+    let generated = leaderboard::generated(results, &crate::results::eval::now_utc());
     let mut files = vec![
         (
             out.join("leaderboard.md"),

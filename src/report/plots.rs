@@ -17,7 +17,7 @@ use super::analyze_view::{Analysis, LayerStats, Span};
 use super::leaderboard::metric_label;
 use super::results::Results;
 use super::run_label;
-use crate::eval::{file_safe, EvalResult};
+use crate::results::eval::{file_safe, EvalResult};
 
 /// One figure: its file name under `plots/`, a title and caption for the pages
 /// that show it, and the SVG.

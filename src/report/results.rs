@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::analyze_view::Analysis;
-use crate::analyze;
-use crate::eval::{self, EvalResult};
+use crate::results::analyze;
+use crate::results::eval::{self, EvalResult};
 
 /// Every usable result under a directory, in report order, and a line for each file
 /// that was left out.

@@ -7,11 +7,11 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::LoadedTask;
-use crate::eval::{Env, EvalOptions};
-use crate::metrics;
+use crate::commands::eval::{Env, EvalOptions};
 use crate::probe::{self, ProbeConfig};
-use crate::sampling::subset;
-use crate::scores::Scored;
+use crate::stats::metrics;
+use crate::stats::sampling::subset;
+use crate::stats::scores::Scored;
 
 /// `[labels]`: where the text and the label are, and how labels become classes.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -275,7 +275,7 @@ pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
     let pooled = env.embeddings(&ex.texts, pool)?;
     let cfg = probe_config(task, env.opts)?;
     let classes = ex.classes.len();
-    let progress = crate::progress::Progress::new("probe", "layers", env.opts.quiet);
+    let progress = crate::io::progress::Progress::new("probe", "layers", env.opts.quiet);
     progress.set_length(pooled.layers as u64);
     let mut correct = Vec::with_capacity(pooled.layers);
     let mut extra = Vec::with_capacity(pooled.layers);

@@ -11,11 +11,12 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::LoadedTask;
-use crate::capture::{with_f32, Batch, Capture};
-use crate::eval::{Env, EvalOptions};
-use crate::models::Transformer;
-use crate::sampling::subset;
-use crate::scores::{Chance, Metric, PerplexityOfItems, Scored};
+use crate::commands::eval::{Env, EvalOptions};
+use crate::model::capture::{Batch, Capture};
+use crate::model::kernels::with_f32;
+use crate::model::Transformer;
+use crate::stats::sampling::subset;
+use crate::stats::scores::{Chance, Metric, PerplexityOfItems, Scored};
 
 /// `[generation]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -449,7 +450,7 @@ fn choice(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scores::ItemStatistic;
+    use crate::stats::scores::ItemStatistic;
 
     /// The lens reading is the log-softmax at the targets: for logits [2, 0, -1, 1]
     /// the normaliser is ln(e^2 + 1 + e^-1 + e^1), and token 0 is the argmax.

@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::capture::Pool;
+use crate::commands::eval::{Env, EvalOptions};
 use crate::datasets::{DataSpec, Table};
-use crate::eval::{Env, EvalOptions};
-use crate::scores::Scored;
+use crate::embeddings::pool::Pool;
+use crate::stats::scores::Scored;
 
 /// The shipped tasks, compiled in so `--task mr` works from any directory.
 const SHIPPED: &[(&str, &str)] = &[

@@ -8,10 +8,10 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::LoadedTask;
-use crate::eval::{Env, EvalOptions};
-use crate::metrics;
-use crate::sampling::subset;
-use crate::scores::{Chance, MeanOfItems, Metric, Scored};
+use crate::commands::eval::{Env, EvalOptions};
+use crate::stats::metrics;
+use crate::stats::sampling::subset;
+use crate::stats::scores::{Chance, MeanOfItems, Metric, Scored};
 
 /// `[retrieval]`: the query and document columns.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -7,10 +7,10 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::LoadedTask;
-use crate::eval::{Env, EvalOptions};
-use crate::metrics;
-use crate::sampling::subset;
-use crate::scores::{Chance, Metric, Scored, SpearmanOfItems};
+use crate::commands::eval::{Env, EvalOptions};
+use crate::stats::metrics;
+use crate::stats::sampling::subset;
+use crate::stats::scores::{Chance, Metric, Scored, SpearmanOfItems};
 
 /// `[similarity]`: the two text columns and the human score column.
 #[derive(Debug, Clone, Deserialize, Serialize)]

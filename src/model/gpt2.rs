@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::blocks::{Activation, Attention, AttentionParts, Block, Linear, Mlp, Norm, Residual};
 use super::{require_sizes, ModelConfig, Transformer, TransformerParts};
-use crate::loader::hf::HfDir;
+use crate::model::hf::HfDir;
 
 #[derive(Debug, Deserialize)]
 struct HfConfig {

@@ -1,11 +1,6 @@
 //! Model loading: from `--model` (an alias, a `.gguf` file, a Hugging Face directory
 //! or `hf:org/name[@revision]`) to a ready [`Transformer`] and its tokenizer.
 
-pub mod fingerprint;
-pub mod gguf;
-pub mod hf;
-mod reads;
-
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,12 +8,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use self::fingerprint::Snapshot;
+use super::fingerprint::Snapshot;
 
-use crate::assets;
 use crate::hub::{Hub, HubRepo};
-use crate::models::{self, ModelConfig, Transformer};
-use crate::tokenizer::TextTokenizer;
+use crate::io::assets;
+use crate::model::gguf;
+use crate::model::hf;
+use crate::model::tokenizer::TextTokenizer;
+use crate::model::{self as models, ModelConfig, Transformer};
 
 /// Where a model's weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -145,7 +142,7 @@ fn load_files(source: ModelSource, files: Snapshot) -> Result<LoadedModel> {
                 .with_context(|| format!("building the tokenizer of {}", source.path.display()))?;
             let model = models::from_gguf(&file)
                 .with_context(|| format!("loading {}", source.path.display()))?;
-            let warnings = reads::check_unread(&source.path, file.unread())?;
+            let warnings = super::reads::check_unread(&source.path, file.unread())?;
             Ok(LoadedModel {
                 weight_types: file.weight_types(),
                 warnings,
@@ -164,7 +161,7 @@ fn load_files(source: ModelSource, files: Snapshot) -> Result<LoadedModel> {
             let tokenizer =
                 TextTokenizer::from_file(&tokenizer_path, dir.tokenizer_config_path().as_deref())?;
             let model = models::from_hf(&dir)?;
-            let warnings = reads::check_unread(&source.path, dir.unread()?)?;
+            let warnings = super::reads::check_unread(&source.path, dir.unread()?)?;
             let mut weight_types = BTreeMap::new();
             for (_, dtype) in safetensors_headers(&dir)? {
                 *weight_types.entry(dtype).or_insert(0) += 1;
@@ -183,7 +180,7 @@ fn load_files(source: ModelSource, files: Snapshot) -> Result<LoadedModel> {
 
 /// Every tensor's name and dtype across a directory's safetensors files, read from
 /// the headers alone.
-fn safetensors_headers(dir: &hf::HfDir) -> Result<Vec<(String, String)>> {
+pub(crate) fn safetensors_headers(dir: &hf::HfDir) -> Result<Vec<(String, String)>> {
     let mut tensors = Vec::new();
     for file in dir.weight_files()? {
         let bad = || format!("{} is not a valid safetensors file", file.display());

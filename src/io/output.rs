@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::faults::pause_at;
+use crate::io::faults::pause_at;
 
 /// The temporary name of `name` while process `pid` writes it.
 fn partial_name(name: &str, pid: u32) -> String {

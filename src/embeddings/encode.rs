@@ -7,12 +7,13 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 
-use crate::capture::{self, BatchPlan, Pool, Pooled, PooledCapture};
-use crate::loader::LoadedModel;
-use crate::models::Intervention;
-use crate::output::write_atomic;
-use crate::progress::Progress;
-use crate::tokenizer::BosPolicy;
+use crate::embeddings::pool::{Pool, Pooled, PooledCapture};
+use crate::io::output::write_atomic;
+use crate::io::progress::Progress;
+use crate::model::capture::{self, BatchPlan};
+use crate::model::source::LoadedModel;
+use crate::model::tokenizer::BosPolicy;
+use crate::model::Intervention;
 
 /// How to turn texts into token sequences the model can take.
 #[derive(Debug, Clone, Copy)]

@@ -12,9 +12,9 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::assets::harness_home;
-use crate::capture::{Pool, Pooled};
-use crate::output::{lock_for_writing, write_atomic, WriteLock};
+use crate::embeddings::pool::{Pool, Pooled};
+use crate::io::assets::cache_root;
+use crate::io::output::write_atomic;
 
 /// Bumped whenever what the cache stores changes meaning.
 const FORMAT: u32 = 1;
@@ -51,21 +51,6 @@ impl CacheKey<'_> {
 /// `$HARNESS_HOME/cache`.
 pub struct EmbeddingCache {
     dir: PathBuf,
-}
-
-/// `$HARNESS_CACHE`, by default `$HARNESS_HOME/cache`: what can be recomputed.
-pub fn cache_root() -> Result<PathBuf> {
-    Ok(match std::env::var_os("HARNESS_CACHE") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => harness_home()?.join("cache"),
-    })
-}
-
-/// Claims the result file `path` for this run (see [`lock_for_writing`]), with the lock
-/// under `$HARNESS_CACHE/locks` so a run that fails early leaves nothing where its
-/// results would go.
-pub fn lock_result(path: &Path) -> Result<WriteLock> {
-    lock_for_writing(path, &cache_root()?.join("locks"))
 }
 
 impl EmbeddingCache {

@@ -52,8 +52,8 @@ use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::metrics;
-use crate::sampling;
+use crate::stats::metrics;
+use crate::stats::sampling;
 
 /// Settings of [`evaluate`].
 #[derive(Debug, Clone, PartialEq, Serialize)]

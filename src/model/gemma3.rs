@@ -10,8 +10,8 @@ use super::blocks::{
     Activation, Attention, AttentionParts, Block, Mlp, Norm, Residual, RopeScaling, Rotary,
 };
 use super::{require_sizes, rope_from_hf, ModelConfig, Transformer, TransformerParts};
-use crate::loader::gguf::{GgufFile, GgufNames};
-use crate::loader::hf::HfDir;
+use crate::model::gguf::{GgufFile, GgufNames};
+use crate::model::hf::HfDir;
 
 pub static GGUF_NAMES: GgufNames = GgufNames {
     top: &[

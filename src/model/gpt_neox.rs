@@ -8,7 +8,7 @@ use super::blocks::{
     Activation, Attention, AttentionParts, Block, Linear, Mlp, Norm, Residual, Rotary,
 };
 use super::{require_sizes, rope_from_hf, ModelConfig, Transformer, TransformerParts};
-use crate::loader::hf::HfDir;
+use crate::model::hf::HfDir;
 
 #[derive(Debug, Deserialize)]
 struct HfConfig {

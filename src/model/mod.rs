@@ -1,21 +1,28 @@
 //! Decoder architectures. Each file maps one family's configuration and weight names
 //! onto the shared pieces in [`blocks`]; [`Transformer`] runs them and reports every
-//! layer to a [`Capture`](crate::capture::Capture).
+//! layer to a [`Capture`](crate::model::capture::Capture).
 
 pub mod blocks;
+pub mod capture;
+pub mod fingerprint;
 pub mod gemma3;
+pub mod gguf;
 pub mod gpt2;
 pub mod gpt_neox;
+pub mod hf;
 pub mod kernels;
 pub mod llama;
+mod reads;
+pub mod source;
+pub mod tokenizer;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use serde::Serialize;
 
-use crate::capture::{Batch, Capture};
-use crate::loader::gguf::GgufFile;
-use crate::loader::hf::HfDir;
+use crate::model::capture::{Batch, Capture};
+use crate::model::gguf::GgufFile;
+use crate::model::hf::HfDir;
 use blocks::{Block, BlockCall, Norm, RopeTables, Rotary};
 
 /// The shape of a model, whatever its architecture.

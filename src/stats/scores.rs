@@ -52,7 +52,7 @@ impl ItemStatistic for SpearmanOfItems {
     fn value(&self, layer: usize, items: &[usize]) -> f64 {
         let p: Vec<f64> = items.iter().map(|&i| self.predicted[layer][i]).collect();
         let g: Vec<f64> = items.iter().map(|&i| self.gold[i]).collect();
-        crate::metrics::spearman(&p, &g)
+        crate::stats::metrics::spearman(&p, &g)
     }
 }
 

@@ -109,7 +109,7 @@ impl HfDir {
 
     /// The tensors of the weight files that no builder has read, sorted.
     pub fn unread(&self) -> Result<Vec<String>> {
-        let names = super::safetensors_headers(self)?
+        let names = super::source::safetensors_headers(self)?
             .into_iter()
             .map(|(name, _)| name);
         Ok(self.reads.unread(names))

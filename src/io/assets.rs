@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 /// The manifest, compiled in so the binary resolves aliases from any directory.
-const MANIFEST: &str = include_str!("../assets.toml");
+const MANIFEST: &str = include_str!("../../assets.toml");
 
 #[derive(Debug, Deserialize)]
 struct Manifest {
@@ -63,4 +63,12 @@ impl ModelAsset {
         }
         Ok(path)
     }
+}
+
+/// `$HARNESS_CACHE`, by default `$HARNESS_HOME/cache`: what can be recomputed.
+pub fn cache_root() -> Result<PathBuf> {
+    Ok(match std::env::var_os("HARNESS_CACHE") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => harness_home()?.join("cache"),
+    })
 }

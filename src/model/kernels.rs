@@ -7,10 +7,8 @@
 //! write results straight into the layout the next step reads.
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Storage, Tensor};
 use rayon::prelude::*;
-
-use crate::capture::with_f32;
 
 /// `x W^T` for rows `x: [m, k]` and a weight `w: [n, k]`.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -307,4 +305,18 @@ impl SyncPtr {
     fn get(self) -> *mut f32 {
         self.0
     }
+}
+
+/// Calls `f` with the contiguous f32 data of a CPU tensor, without copying it.
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("expected a CPU tensor");
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let Some((from, to)) = layout.contiguous_offsets() else {
+        bail!("expected a contiguous tensor");
+    };
+    Ok(f(&data[from..to]))
 }

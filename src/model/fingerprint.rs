@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cache::cache_root;
-use crate::output::write_bytes_atomic;
+use crate::io::assets::cache_root;
+use crate::io::output::write_bytes_atomic;
 
 /// What changes when a file is rewritten or replaced. The change time and inode
 /// cannot be set back by the user, so a file with the same stamp has the same bytes.

@@ -1,0 +1,6 @@
+//! Embeddings: tokenised texts run through a model and pooled into one vector per
+//! text and layer, with a cache so a second run costs no forward pass.
+
+pub mod cache;
+pub mod encode;
+pub mod pool;

@@ -1,0 +1,170 @@
+//! The forward/capture engine: batches token sequences, runs the model and hands
+//! every layer to a [`Capture`].
+//!
+//! Capture points share one vocabulary, used alike in code, CLI and outputs:
+//! `resid.{l}` is the residual stream after layer `l` (`resid.0` the embeddings after
+//! any scaling, `resid.{L}` the last block's output before the final norm),
+//! `attn.{l}.pattern` the attention probabilities of block `l`, and `attn.{l}.out` /
+//! `mlp.{l}.out` what block `l`'s sublayers add to the stream.
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+use crate::io::progress::Progress;
+use crate::model::{Intervention, Transformer};
+
+/// One padded batch. Sequences are right-padded, so every sequence starts at
+/// position 0 and its positions are the same as when run alone.
+pub struct Batch {
+    /// Token ids `[b, len]`.
+    pub ids: Tensor,
+    /// Real (unpadded) length of each row.
+    pub lens: Vec<usize>,
+    /// Padded length.
+    pub len: usize,
+    /// Index of each row in the caller's input order.
+    pub index: Vec<usize>,
+    /// The real tokens of each row.
+    pub tokens: Vec<Vec<u32>>,
+}
+
+impl Batch {
+    pub fn new(seqs: Vec<(usize, Vec<u32>)>, pad_id: u32) -> Result<Self> {
+        let len = seqs.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
+        if len == 0 {
+            bail!("cannot run an empty sequence: every input needs at least one token");
+        }
+        let mut ids = Vec::with_capacity(seqs.len() * len);
+        for (_, s) in &seqs {
+            if s.is_empty() {
+                bail!("cannot run an empty sequence: every input needs at least one token");
+            }
+            ids.extend_from_slice(s);
+            ids.extend(std::iter::repeat_n(pad_id, len - s.len()));
+        }
+        let b = seqs.len();
+        Ok(Self {
+            ids: Tensor::from_vec(ids, (b, len), &Device::Cpu)?,
+            lens: seqs.iter().map(|(_, s)| s.len()).collect(),
+            len,
+            index: seqs.iter().map(|(i, _)| *i).collect(),
+            tokens: seqs.into_iter().map(|(_, s)| s).collect(),
+        })
+    }
+
+    pub fn size(&self) -> usize {
+        self.lens.len()
+    }
+}
+
+/// Receives what a forward pass computes, layer by layer, batch by batch.
+pub trait Capture {
+    /// The deepest layer whose residual stream is needed: the pass stops there.
+    fn depth(&self) -> usize;
+
+    /// Whether block `layer`'s attention probabilities are wanted.
+    fn wants_attention(&self, _layer: usize) -> bool {
+        false
+    }
+
+    /// Whether block `layer`'s attention and MLP outputs are wanted.
+    fn wants_block_outputs(&self, _layer: usize) -> bool {
+        false
+    }
+
+    /// `resid.{layer}`: `[b, t, hidden]`, padded positions included.
+    fn on_resid(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()>;
+
+    /// `attn.{layer}.pattern`: `[b, heads, t, t]`.
+    fn on_attention(&mut self, _layer: usize, _probs: &Tensor, _batch: &Batch) -> Result<()> {
+        Ok(())
+    }
+
+    /// `attn.{layer}.out` and `mlp.{layer}.out`: `[b, t, hidden]` each.
+    fn on_block_outputs(
+        &mut self,
+        _layer: usize,
+        _attn_out: &Tensor,
+        _mlp_out: &Tensor,
+        _batch: &Batch,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How sequences are grouped into batches.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPlan {
+    /// Most padded tokens in one batch (rows x padded length).
+    pub max_tokens: usize,
+    /// Most sequences in one batch.
+    pub max_size: usize,
+}
+
+impl Default for BatchPlan {
+    fn default() -> Self {
+        Self {
+            max_tokens: 4096,
+            max_size: 64,
+        }
+    }
+}
+
+impl BatchPlan {
+    /// The plan for `--batch-size`: exactly `n` sequences per batch (at least one),
+    /// whatever their padded size; the default plan when it is not given.
+    pub fn with_batch_size(n: Option<usize>) -> Self {
+        match n {
+            Some(n) => Self {
+                max_tokens: usize::MAX,
+                max_size: n.max(1),
+            },
+            None => Self::default(),
+        }
+    }
+}
+
+/// Runs `seqs` through `model` in length-sorted batches, so padding stays small,
+/// handing every batch to `capture`. Rows carry their index in `seqs`.
+pub fn run(
+    model: &Transformer,
+    seqs: &[Vec<u32>],
+    pad_id: u32,
+    plan: BatchPlan,
+    intervention: &Intervention,
+    capture: &mut dyn Capture,
+    progress: &Progress,
+) -> Result<()> {
+    let context = model.config.context_length;
+    if let Some((i, s)) = seqs.iter().enumerate().find(|(_, s)| s.len() > context) {
+        bail!(
+            "input {} has {} tokens, more than the model's context of {context}",
+            i + 1,
+            s.len()
+        );
+    }
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
+    let total: usize = seqs.iter().map(|s| s.len()).sum();
+    progress.set_length(total as u64);
+    let mut start = 0;
+    while start < order.len() {
+        // Sorted longest first, so the first row sets the padded length.
+        let len = seqs[order[start]].len().max(1);
+        let rows = (plan.max_tokens / len).clamp(1, plan.max_size);
+        let end = (start + rows).min(order.len());
+        let rows: Vec<(usize, Vec<u32>)> = order[start..end]
+            .iter()
+            .map(|&i| (i, seqs[i].clone()))
+            .collect();
+        let batch = Batch::new(rows, pad_id)?;
+        model.forward(&batch, intervention, capture)?;
+        if start == 0 {
+            crate::io::faults::pause_at("forward", "");
+        }
+        progress.inc(batch.lens.iter().sum::<usize>() as u64);
+        start = end;
+    }
+    progress.finish();
+    Ok(())
+}
