@@ -288,13 +288,13 @@ pub fn run(
         max_tokens: opts.max_tokens,
         bos: opts.encoding.bos.to_string(),
         first_token_is_bos: bos.is_some() && seqs.iter().all(|s| s.first().copied() == bos),
-        svd: SVD_METHOD,
-        summary: "per prompt on its real tokens, then mean and population standard deviation (ddof 0) over prompts",
-        harness_version: env!("CARGO_PKG_VERSION"),
+        svd: SVD_METHOD.into(),
+        summary: "per prompt on its real tokens, then mean and population standard deviation (ddof 0) over prompts".into(),
+        harness_version: env!("CARGO_PKG_VERSION").into(),
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok(AnalyzeResult {
-        schema: SCHEMA,
+        schema: SCHEMA.into(),
         model: model.info(),
         settings,
         layers,
@@ -540,7 +540,7 @@ pub fn phases(layers: &[LayerStats]) -> Phases {
     };
     let depth = (h.len() - 1).max(1) as f64;
     Phases {
-        rule: "compress = first..last layer with entropy_normalized <= sqrt(min * max) of the curve (min floored at 1e-6); mix before, refine after",
+        rule: "compress = first..last layer with entropy_normalized <= sqrt(min * max) of the curve (min floored at 1e-6); mix before, refine after".into(),
         threshold,
         mix: (first > 0).then_some(Span {
             first: 0,

@@ -18,7 +18,7 @@ pub mod tokenizer;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::capture::{Batch, Capture};
 use crate::model::gguf::GgufFile;
@@ -26,7 +26,7 @@ use crate::model::hf::HfDir;
 use blocks::{Block, BlockCall, Norm, RopeTables, Rotary};
 
 /// The shape of a model, whatever its architecture.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub architecture: String,
     pub num_layers: usize,

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::fingerprint::Snapshot;
 
@@ -18,11 +18,21 @@ use crate::model::tokenizer::TextTokenizer;
 use crate::model::{self as models, ModelConfig, Transformer};
 
 /// Where a model's weights are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Gguf,
     Safetensors,
+}
+
+/// The format's name as result files write it.
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.pad(match self {
+            Format::Gguf => "gguf",
+            Format::Safetensors => "safetensors",
+        })
+    }
 }
 
 /// A `--model` argument, resolved to files on disk.
@@ -52,7 +62,7 @@ pub struct LoadedModel {
 }
 
 /// What `harness inspect` reports.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub name: String,
     /// Inline, so that the JSON lists the shape beside the name.

@@ -3,10 +3,7 @@
 
 use std::fmt::Write;
 
-use super::leaderboard::{self, Table};
-use super::plots::Plot;
-use super::results::Results;
-use super::run_label;
+use super::document::{Content, Document, Plot, Section, Table};
 
 const STYLE: &str = r#"
 body { margin: 0; color: #222; background: #fff;
@@ -146,131 +143,80 @@ fn figure(p: &Plot) -> String {
 }
 
 /// A section's opening: its anchor, heading and explanatory note.
-fn section_open(id: &str, title: &str, note: &str) -> String {
-    format!(
-        "<section id=\"{id}\"><h2>{}</h2>\n<p class=\"note\">{}</p>\n",
-        esc(title),
-        inline(note)
-    )
+fn section_open(s: &Section) -> String {
+    let mut out = format!("<section id=\"{}\"><h2>{}</h2>\n", s.id, esc(s.title));
+    if let Some(note) = s.note {
+        let _ = writeln!(out, "<p class=\"note\">{}</p>", inline(note));
+    }
+    out
 }
 
 /// The whole page.
-pub fn page(results: &Results, plots: &[Plot], generated: &str) -> String {
-    let (task_plots, analysis_plots): (Vec<&Plot>, Vec<&Plot>) =
-        plots.iter().partition(|p| p.file.starts_with("task-"));
-    let mut sections = Vec::new();
+pub fn render(doc: &Document) -> String {
     let mut body = String::new();
-    if !results.evals.is_empty() {
-        sections.push(("leaderboard", "Leaderboard"));
-        body.push_str(&section_open(
-            "leaderboard",
-            "Leaderboard",
-            leaderboard::GRID_NOTE,
-        ));
-        body.push_str(&table(
-            "grid-table",
-            &leaderboard::grid_table(&results.evals),
-        ));
-        body.push_str("</section>\n");
-        sections.push(("scores", "Scores"));
-        body.push_str(&section_open(
-            "scores",
-            "Scores by layer",
-            leaderboard::SCORES_NOTE,
-        ));
-        body.push_str(&table(
-            "scores-table",
-            &leaderboard::scores_table(&results.evals),
-        ));
-        body.push_str("</section>\n");
-        sections.push(("prediction", "Prediction"));
-        let verdicts = leaderboard::verdicts(&results.evals);
-        body.push_str(&section_open(
-            "prediction",
-            "The paper's prediction",
-            leaderboard::VERDICT_NOTE,
-        ));
-        body.push_str(&table(
-            "verdict-table",
-            &leaderboard::verdict_table(&verdicts),
-        ));
-        for v in verdicts.iter().filter(|v| !v.disagreements.is_empty()) {
-            let _ = write!(
-                body,
-                "<p class=\"note\">Where it does not hold for {}, {}:</p>\n<ul class=\"disagree\">\n",
-                esc(&v.model),
-                esc(&run_label(&v.ablate))
-            );
-            for d in &v.disagreements {
-                let _ = writeln!(body, "<li>{}</li>", esc(d));
+    for s in &doc.sections {
+        match &s.content {
+            Content::Table {
+                id,
+                table: t,
+                lists,
+            } => {
+                body.push_str(&section_open(s));
+                body.push_str(&table(id, t));
+                for list in lists.iter().filter(|l| !l.items.is_empty()) {
+                    let _ = write!(
+                        body,
+                        "<p class=\"note\">{}</p>\n<ul class=\"disagree\">\n",
+                        esc(&list.heading)
+                    );
+                    for item in &list.items {
+                        let _ = writeln!(body, "<li>{}</li>", esc(item));
+                    }
+                    body.push_str("</ul>\n");
+                }
+                body.push_str("</section>\n");
             }
-            body.push_str("</ul>\n");
+            Content::Figures(figures) => {
+                body.push_str(&section_open(s));
+                body.push_str("<div class=\"grid\">\n");
+                for p in figures {
+                    body.push_str(&figure(p));
+                }
+                body.push_str("</div></section>\n");
+            }
         }
-        body.push_str("</section>\n");
     }
-    if !results.analyses.is_empty() {
-        sections.push(("phases", "Phases"));
-        body.push_str(&section_open(
-            "phases",
-            "Mix, Compress, Refine",
-            leaderboard::PHASES_NOTE,
-        ));
-        body.push_str(&table(
-            "phases-table",
-            &leaderboard::phases_table(&results.analyses),
-        ));
-        body.push_str("</section>\n");
-    }
-    for (id, short, title, figures) in [
-        (
-            "task-plots",
-            "Depth curves",
-            "Scores against depth",
-            &task_plots,
-        ),
-        (
-            "analysis-plots",
-            "Layer analyses",
-            "Layer analyses",
-            &analysis_plots,
-        ),
-    ] {
-        if figures.is_empty() {
-            continue;
-        }
-        sections.push((id, short));
-        let _ = write!(
-            body,
-            "<section id=\"{id}\"><h2>{title}</h2>\n<div class=\"grid\">\n"
-        );
-        for p in figures.iter() {
-            body.push_str(&figure(p));
-        }
-        body.push_str("</div></section>\n");
-    }
-    let nav: Vec<String> = sections
+    let nav: Vec<String> = doc
+        .sections
         .iter()
-        .map(|(id, name)| format!("<a href=\"#{id}\">{name}</a>"))
+        .map(|s| format!("<a href=\"#{}\">{}</a>", s.id, s.nav))
         .collect();
+    let title = esc(doc.title);
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>What every layer is good for</title>\n<style>{STYLE}</style>\n</head>\n<body>\n\
+         <title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n\
          <div id=\"page-errors\" hidden></div>\n<script>{ERROR_HOOK}</script>\n<main>\n\
-         <h1>What every layer is good for</h1>\n<p>{}</p>\n<nav>{}</nav>\n{body}\
-         <footer>\n<hr>\n<p>Written by <code>harness report</code>; run it again to regenerate every file from the results.</p>\n\
+         <h1>{title}</h1>\n<p>{}</p>\n<nav>{}</nav>\n{body}\
+         <footer>\n<hr>\n<p>{}</p>\n\
          <p id=\"generated\">{}</p>\n</footer>\n</main>\n<script>{SORT_SCRIPT}</script>\n</body>\n</html>\n",
-        esc(&leaderboard::overview(results)),
+        esc(&doc.overview),
         nav.join(""),
-        esc(generated)
+        inline(doc.footer),
+        esc(&doc.generated)
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::document::build;
     use crate::report::plots;
     use crate::report::tests::fixture_results;
+
+    fn page(r: &crate::report::Results, plots: &[Plot], generated: &str) -> String {
+        render(&build(r, plots, generated.into()))
+    }
 
     #[test]
     fn the_page_holds_every_table_and_plot_and_no_address() {
@@ -291,7 +237,7 @@ mod tests {
     fn no_signal_cells_are_greyed() {
         let mut r = fixture_results();
         assert!(!page(&r, &[], "generated: now").contains("nosignal\""));
-        r.evals = crate::report::leaderboard::tests::with_chance_levels();
+        r.evals = crate::report::evals::tests::with_chance_levels();
         let page = page(&r, &[], "generated: now");
         // The grid's cell and the scores table's peak: the one result with no signal.
         assert_eq!(page.matches("<td class=\"num nosignal\"").count(), 2);

@@ -13,10 +13,9 @@ use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::analyze_view::{Analysis, LayerStats, Span};
-use super::leaderboard::metric_label;
 use super::results::Results;
-use super::run_label;
+use super::text::{metric_label, run_label};
+use crate::results::analyze::{AnalyzeResult, LayerStats, Span};
 use crate::results::eval::{file_safe, EvalResult};
 
 /// One figure: its file name under `plots/`, a title and caption for the pages
@@ -27,6 +26,31 @@ pub struct Plot {
     pub title: String,
     pub caption: String,
     pub svg: String,
+}
+
+/// The folder of a report's figures, beside its pages.
+pub const DIR: &str = "plots";
+/// File names of score-by-depth figures start with this, then the task's name.
+const TASK_PREFIX: &str = "task-";
+/// File names of layer-analysis figures start with this, then the model's name.
+const ANALYSIS_PREFIX: &str = "analyze-";
+
+impl Plot {
+    /// Where the figure goes, relative to the report's folder.
+    pub fn path(&self) -> String {
+        format!("{DIR}/{}", self.file)
+    }
+
+    /// Whether it plots a task's scores (otherwise a model's layer analysis).
+    pub fn of_task(&self) -> bool {
+        self.file.starts_with(TASK_PREFIX)
+    }
+}
+
+/// Whether `name` is a file name this module gives a figure: a report may remove
+/// such a file when it no longer draws it.
+pub fn is_figure_file(name: &str) -> bool {
+    (name.starts_with(TASK_PREFIX) || name.starts_with(ANALYSIS_PREFIX)) && name.ends_with(".svg")
 }
 
 /// Tableau's ten colours: distinct, and readable on white and on the pale phases.
@@ -367,10 +391,9 @@ fn task_plot(runs: &[&EvalResult], colour: &dyn Fn(&str) -> RGBColor) -> Result<
             }
         })
         .collect();
-    let kind = format!("{:?}", first.task.kind).to_lowercase();
     let title = format!(
-        "{} ({kind}): {} by depth",
-        first.task.name, first.task.metric
+        "{} ({}): {} by depth",
+        first.task.name, first.task.kind, first.task.metric
     );
     let panel = Panel {
         y_desc: format!("{}{}", metric_label(first), if log { " (log)" } else { "" }),
@@ -390,7 +413,7 @@ fn task_plot(runs: &[&EvalResult], colour: &dyn Fn(&str) -> RGBColor) -> Result<
         first.task.description
     );
     Ok(Plot {
-        file: format!("task-{}.svg", file_safe(&first.task.name)),
+        file: format!("{TASK_PREFIX}{}.svg", file_safe(&first.task.name)),
         title,
         caption,
         svg,
@@ -406,7 +429,7 @@ const PHASE_COLOURS: [RGBColor; 3] = [
 
 /// The phases as shaded stretches of depth; each layer owns the half-layer either
 /// side of it, so neighbouring phases meet without a gap.
-fn phase_shades(a: &Analysis) -> Vec<Shade> {
+fn phase_shades(a: &AnalyzeResult) -> Vec<Shade> {
     let p = &a.phases;
     [
         (p.mix, "Mix", PHASE_COLOURS[0]),
@@ -427,7 +450,7 @@ fn phase_shades(a: &Analysis) -> Vec<Shade> {
 
 /// The analyze curves of one model: first-token norm, normalised entropy and sink
 /// rate, the ablated run dashed beside the baseline.
-fn analysis_plot(a: &Analysis, colour: RGBColor) -> Result<Plot> {
+fn analysis_plot(a: &AnalyzeResult, colour: RGBColor) -> Result<Plot> {
     let ablation = a.ablation.as_ref();
     let mut runs: Vec<(String, bool, &[LayerStats])> = vec![("baseline".into(), false, &a.layers)];
     if let Some(ab) = ablation {
@@ -444,7 +467,7 @@ fn analysis_plot(a: &Analysis, colour: RGBColor) -> Result<Plot> {
     let panel = |metric: &str, y_desc: &str, log: bool, x_axis: bool, shade_labels: bool| {
         let values = runs
             .iter()
-            .flat_map(|(_, _, layers)| layers.iter().filter_map(|l| l.get(metric)));
+            .flat_map(|(_, _, layers)| layers.iter().filter_map(|l| l.mean(metric)));
         Panel {
             y_desc: y_desc.into(),
             y: if log {
@@ -459,7 +482,7 @@ fn analysis_plot(a: &Analysis, colour: RGBColor) -> Result<Plot> {
                     colour,
                     dashed: *dashed,
                     segments: segments(
-                        layers.iter().map(|l| (a.depth(l.layer), l.get(metric))),
+                        layers.iter().map(|l| (a.depth(l.layer), l.mean(metric))),
                         log,
                     ),
                     band: Vec::new(),
@@ -501,10 +524,10 @@ fn analysis_plot(a: &Analysis, colour: RGBColor) -> Result<Plot> {
         "{}: the first token's residual norm (log scale), the normalised matrix entropy of the \
          token representations and the fraction of attention heads that sink on the first token, \
          at every layer ({} blocks), means over {} prompts; the phases Mix, Compress and Refine shaded.{ablated}",
-        a.model.name, a.model.num_layers, a.settings.prompts
+        a.model.name, a.model.config.num_layers, a.settings.prompts
     );
     Ok(Plot {
-        file: format!("analyze-{}.svg", file_safe(&a.model.name)),
+        file: format!("{ANALYSIS_PREFIX}{}.svg", file_safe(&a.model.name)),
         title,
         caption,
         svg,

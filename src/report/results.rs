@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::analyze_view::Analysis;
 use crate::results::analyze;
+use crate::results::analyze::AnalyzeResult;
 use crate::results::eval::{self, EvalResult};
 
 /// Every usable result under a directory, in report order, and a line for each file
@@ -20,7 +20,7 @@ pub struct Results {
     /// Sorted by task, then model, then ablation (the baseline first).
     pub evals: Vec<EvalResult>,
     /// Sorted by model.
-    pub analyses: Vec<Analysis>,
+    pub analyses: Vec<AnalyzeResult>,
     /// Files left out and why, one line each, naming the file.
     pub warnings: Vec<String>,
 }
@@ -66,7 +66,7 @@ pub fn load(dir: &Path) -> Result<Results> {
     walk(dir, &mut files)?;
     files.sort();
     let mut evals: Vec<(PathBuf, EvalResult)> = Vec::new();
-    let mut analyses: Vec<(PathBuf, Analysis)> = Vec::new();
+    let mut analyses: Vec<(PathBuf, AnalyzeResult)> = Vec::new();
     let mut warnings = Vec::new();
     for path in files {
         match parse(&path) {
@@ -93,7 +93,7 @@ pub fn load(dir: &Path) -> Result<Results> {
                 kept.display(),
                 a.model.name,
                 a.task.name,
-                super::run_label(&a.settings.ablate),
+                super::text::run_label(&a.settings.ablate),
                 kept.display()
             ),
         ))
@@ -210,7 +210,7 @@ fn consistent(r: &EvalResult) -> std::result::Result<(), String> {
 
 enum Parsed {
     Eval(Box<EvalResult>),
-    Analysis(Box<Analysis>),
+    Analysis(Box<AnalyzeResult>),
 }
 
 /// One file as a result, or why it is not one.
