@@ -14,9 +14,11 @@ use super::text::run_label;
 /// Everything one report shows.
 #[derive(Debug)]
 pub struct Document<'a> {
+    /// The page's heading.
     pub title: &'static str,
     /// One sentence saying what the report covers.
     pub overview: String,
+    /// In reading order; only those with something to show.
     pub sections: Vec<Section<'a>>,
     /// Said at the end of every page (Markdown code spans allowed).
     pub footer: &'static str,
@@ -33,6 +35,7 @@ pub struct Section<'a> {
     pub id: &'static str,
     /// Its name in the page's navigation.
     pub nav: &'static str,
+    /// Its heading.
     pub title: &'static str,
     /// What it shows and how to read it (Markdown code spans allowed).
     pub note: Option<&'static str>,
@@ -44,8 +47,10 @@ pub struct Section<'a> {
 pub enum Content<'a> {
     /// A table (with its anchor), and lists beneath it.
     Table {
+        /// The table's own anchor.
         id: &'static str,
         table: Table,
+        /// Said beneath the table.
         lists: Vec<List>,
     },
     /// Figures, in order.
@@ -56,7 +61,9 @@ pub enum Content<'a> {
 /// leaves it out.
 #[derive(Debug)]
 pub struct List {
+    /// A sentence introducing the items.
     pub heading: String,
+    /// One line each.
     pub items: Vec<String>,
 }
 

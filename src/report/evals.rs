@@ -181,7 +181,7 @@ fn disagreement(r: &EvalResult) -> String {
         return format!(
             "{} ({}, expected {}): no signal; the best layer, {} of {}, scores {} [{}, {}], not significantly above chance ({})",
             r.task.name,
-            r.task.kind.to_string(),
+            r.task.kind,
             r.prediction.expected,
             r.peak.layer,
             r.last.layer,
@@ -194,7 +194,7 @@ fn disagreement(r: &EvalResult) -> String {
     format!(
         "{} ({}, expected {}): peak at layer {} of {} (depth {:.2}), {} over the final layer [{}, {}], p = {:.3}{}",
         r.task.name,
-        r.task.kind.to_string(),
+        r.task.kind,
         r.prediction.expected,
         r.peak.layer,
         r.last.layer,

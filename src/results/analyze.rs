@@ -149,8 +149,11 @@ pub struct Phases {
 /// One of the three phases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Before compression.
     Mix,
+    /// The layers of low normalised entropy.
     Compress,
+    /// After compression.
     Refine,
 }
 
