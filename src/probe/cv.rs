@@ -3,26 +3,26 @@
 //! held-out predictions.
 //!
 //! The folds are not linfa's: `DatasetBase::fold` cuts the rows into contiguous,
-//! unshuffled chunks and knows nothing of classes, while the probe deals each class's
-//! examples, shuffled by SplitMix64 ([`sampling::shuffle`]), to the folds in turn, so
-//! that every fold holds each class in proportion and the folds can be restated outside
-//! harness (the Python reference does). Expressing that through linfa's folds would
-//! change which examples each fold holds, and with it every probe result. The fits and
-//! predictions do go through linfa's traits, on [`Dataset`]s.
+//! unshuffled chunks and knows nothing of classes, and `DatasetBase::shuffle` draws
+//! through `rand`, while the probe deals each class's examples, shuffled by SplitMix64
+//! ([`sampling::shuffle`]), to the folds in turn, so that every fold holds each class in
+//! proportion and the Python reference (`scripts/reference/eval_reference.py`) can
+//! restate the folds exactly. Expressing that through linfa's folds would change which
+//! examples each fold holds, and with it every probe result. The fits and predictions do
+//! go through linfa's traits, on [`Dataset`]s.
 
 use anyhow::Result;
 use linfa::prelude::*;
 use ndarray::{Array1, ArrayView2};
 use rayon::prelude::*;
 
-use super::{LogisticModel, LogisticParams, ProbeConfig, Standardizer};
-use crate::probe::FitReport;
+use super::{FitReport, LogisticModel, LogisticParams, ProbeConfig, Standardizer};
 use crate::stats::{metrics, sampling};
 
 /// The held-out index sets of `k` stratified folds: each class's examples, shuffled
-/// with SplitMix64 ([`sampling::shuffle`]) from `seed`, are dealt to the folds in turn, so every
-/// fold holds `floor` or `ceil` of `count / k` examples of each class and fold sizes
-/// differ by at most one. Each set is sorted; its training set is everything else.
+/// with SplitMix64 ([`sampling::shuffle`]) from `seed`, are dealt to the folds in turn,
+/// so every fold holds `floor` or `ceil` of `count / k` examples of each class and fold
+/// sizes differ by at most one. Each set is sorted; its training set is everything else.
 /// The result depends only on `labels`, `k` and `seed`.
 ///
 /// # Panics

@@ -1,32 +1,7 @@
 //! The probe's classifier as a linfa estimator: L2-regularised binary or multinomial
 //! logistic regression with scikit-learn's objective, fitted by this crate's L-BFGS.
 //!
-//! # Model and objective
-//!
-//! Two classes get one weight vector and the logistic loss; more classes get the
-//! multinomial (softmax) model with one weight vector per class. The objective is
-//! scikit-learn's `LogisticRegression` objective exactly,
-//!
-//! ```text
-//! (1/n) sum_i loss_i  +  1/(2 C n) ||W||^2        (intercepts not penalised)
-//! ```
-//!
-//! and the stopping rule is scikit-learn's `lbfgs` one: largest absolute gradient
-//! component `<= tolerance` (its `tol`), or a relative decrease of the objective of at
-//! most 64 machine epsilons, or `max_iter` iterations.
-//!
-//! # A linfa estimator
-//!
-//! [`LogisticParams`] implements linfa's [`Fit`] (and [`FitWith`], which warm-starts from
-//! an earlier model) on a [`linfa::Dataset`] whose records are an `[n, d]` array and
-//! whose targets are class indices `0..k`; the [`LogisticModel`] it returns implements
-//! [`PredictInplace`], so linfa's `Predict` gives an `Array1<usize>` of classes. It can
-//! be swapped for `linfa_logistic::MultiLogisticRegression` (or `LogisticRegression` for
-//! two classes) in one line: linfa-logistic 0.8.1 minimises
-//! `sum_i loss_i + alpha/2 ||W||^2` with the intercept unpenalised (`logistic_loss` /
-//! `multi_logistic_loss` in its `lib.rs`), which is `n` times the objective above when
-//! `alpha = 1/C`. `tests/probe.rs` fits both through one generic function and checks
-//! the mapping against linfa itself and these fits against scikit-learn.
+//! The objective and the swap for linfa-logistic are documented on [`LogisticParams`].
 //!
 //! # Why the fit is not linfa-logistic's
 //!
@@ -52,6 +27,48 @@ use super::simd::{Simd, BLOCK};
 /// Settings of one logistic-regression fit: linfa's parameters type for
 /// [`LogisticModel`]. The defaults are scikit-learn's (`C = 1`, `max_iter = 100`,
 /// `tol = 1e-4`).
+///
+/// # Model and objective
+///
+/// Two classes get one weight vector and the logistic loss; more classes get the
+/// multinomial (softmax) model with one weight vector per class. The objective is
+/// scikit-learn's `LogisticRegression` objective exactly,
+///
+/// ```text
+/// (1/n) sum_i loss_i  +  1/(2 C n) ||W||^2        (intercepts not penalised)
+/// ```
+///
+/// and the stopping rule is scikit-learn's `lbfgs` one: largest absolute gradient
+/// component `<= tolerance` (its `tol`), or a relative decrease of the objective of at
+/// most 64 machine epsilons, or `max_iter` iterations; [`FitReport`] says which.
+///
+/// # A linfa estimator
+///
+/// It implements linfa's [`Fit`] (and [`FitWith`], which warm-starts from an earlier
+/// model) on a `linfa::Dataset` whose records are an `[n, d]` array of standardised
+/// features (f32, or f64 rounded to f32, see [`Feature`]) and whose targets are class
+/// indices `0..k`, every class present. The [`LogisticModel`] implements
+/// [`PredictInplace`], so linfa's `Predict` gives an `Array1<usize>` of classes.
+/// linfa-logistic 0.8.1 minimises `sum_i loss_i + alpha/2 ||W||^2` with the intercept
+/// unpenalised (`logistic_loss` / `multi_logistic_loss` in its `lib.rs`), which is `n`
+/// times the objective above when `alpha = 1/C`, so swapping estimators is one line:
+///
+/// ```
+/// use harness::probe::LogisticParams;
+/// use linfa::prelude::*;
+/// use ndarray::array;
+///
+/// let records = array![[-1.5, 0.2], [-0.5, -0.1], [0.5, 0.1], [1.5, -0.2]];
+/// let data = Dataset::new(records, array![0usize, 0, 1, 1]);
+/// let ours = LogisticParams::default().c(10.0).fit(&data).unwrap();
+/// let linfa = linfa_logistic::LogisticRegression::default().alpha(0.1).fit(&data).unwrap();
+/// let (a, b): (ndarray::Array1<usize>, ndarray::Array1<usize>) =
+///     (ours.predict(&data), linfa.predict(&data));
+/// assert_eq!(a, b);
+/// ```
+///
+/// `tests/probe.rs` fits both through one generic function and checks the mapping
+/// against linfa itself and these fits against scikit-learn.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LogisticParams {
     c: f64,
@@ -104,6 +121,7 @@ impl fmt::Display for FitError {
 
 impl std::error::Error for FitError {}
 
+// linfa's `Fit` asks every estimator's error type to take linfa's own errors.
 impl From<linfa::Error> for FitError {
     fn from(error: linfa::Error) -> Self {
         FitError(error.to_string())
@@ -138,8 +156,7 @@ where
     type Object = LogisticModel;
 
     /// Fits on standardised records with targets `0..k`, every class present (`k` is the
-    /// largest target plus one), minimising scikit-learn's objective (module
-    /// documentation).
+    /// largest target plus one), minimising scikit-learn's objective ([`LogisticParams`]).
     ///
     /// # Errors
     /// Mismatched lengths, no feature columns, fewer than two classes, a class without

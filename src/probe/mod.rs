@@ -16,9 +16,10 @@
 //! Each fit is a linfa estimator: [`LogisticParams`] implements `linfa::traits::Fit` on a
 //! `linfa::Dataset` of records and class indices, and its [`LogisticModel`] implements
 //! `PredictInplace`, so `linfa_logistic::MultiLogisticRegression` (with `alpha = 1/C`)
-//! fits the same model in its place. The objective, the mapping to linfa-logistic's and
-//! why the fit is this crate's own are in the `logistic` module; the folds are the
-//! crate's own too (the `cv` module says why).
+//! fits the same model in its place; [`LogisticParams`] documents the objective and that
+//! mapping. The L-BFGS behind the fit is this crate's own (faster, and it reports
+//! convergence; `src/probe/logistic.rs` says why), and so are the folds
+//! (`src/probe/cv.rs` says why linfa's cannot express them).
 //!
 //! # Layout
 //!
