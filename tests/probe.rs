@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use harness::probe::{self, FitOptions, ProbeConfig, Standardizer};
+use harness::probe::{self, LogisticParams, ProbeConfig, Standardizer};
 use harness::stats::metrics;
 use linfa::prelude::*;
 use linfa_logistic::{LogisticRegression, MultiLogisticRegression};
@@ -80,19 +80,17 @@ fn check_against_sklearn(labels: &str, fit: &str, num_classes: usize) {
     let g = golden();
     let reference = &g[fit];
     let data = split(&g, labels);
-    let options = FitOptions {
-        c: reference["c"].as_f64().unwrap(),
-        max_iter: 10_000,
-        tolerance: 1e-10,
-    };
-    let model = probe::fit_logistic(
-        data.train_x.view(),
-        &data.train_y,
-        num_classes,
-        &options,
-        None,
-    )
-    .unwrap();
+    let training = Dataset::new(data.train_x.clone(), Array1::from(data.train_y.clone()));
+    let model = LogisticParams::default()
+        .c(reference["c"].as_f64().unwrap())
+        .max_iterations(10_000)
+        .gradient_tolerance(1e-10)
+        .fit(&training)
+        .unwrap();
+    assert_eq!(
+        model.intercept.len(),
+        if num_classes == 2 { 1 } else { num_classes }
+    );
     assert!(model.report.converged(), "{:?}", model.report);
 
     let want_coef: Vec<f64> = reference["coef"]
@@ -123,11 +121,9 @@ fn check_against_sklearn(labels: &str, fit: &str, num_classes: usize) {
         proba_error < 1e-6,
         "probabilities differ from scikit-learn: {proba_error:e}"
     );
-    assert_eq!(
-        model.predict(data.test_x.view()),
-        indices(&reference["predict"])
-    );
-    let accuracy = metrics::accuracy(&model.predict(data.test_x.view()), &data.test_y);
+    let predictions: Array1<usize> = model.predict(&data.test_x);
+    assert_eq!(predictions.to_vec(), indices(&reference["predict"]));
+    let accuracy = metrics::accuracy(&predictions.to_vec(), &data.test_y);
     assert!((accuracy - reference["test_accuracy"].as_f64().unwrap()).abs() < 1e-12);
 }
 
@@ -143,7 +139,7 @@ fn binary_fit_matches_sklearn() {
 
 /// linfa-logistic minimises `sum loss + alpha/2 ||W||^2` (intercept free); with
 /// `alpha = 1/C` that is n times scikit-learn's objective, so both land on the same
-/// coefficients. This pins down the mapping the probe module documents.
+/// coefficients. This pins down the mapping src/probe/logistic.rs documents.
 #[test]
 fn linfa_with_alpha_one_over_c_matches_sklearn() {
     let g = golden();
@@ -204,6 +200,69 @@ fn linfa_with_alpha_one_over_c_matches_sklearn() {
             let other: Vec<f64> = model.params().iter().map(|w| sign * w).collect();
             assert!(relative_error(&other, &want) > 1e-2);
         }
+    }
+}
+
+/// Fits `params` on the training split and predicts the test split, in f64 as linfa
+/// users hold their data. One code path for any linfa classifier of class indices.
+fn fit_and_predict<P, E>(params: P, data: &Split) -> Vec<usize>
+where
+    P: Fit<Array2<f64>, Array1<usize>, E>,
+    P::Object: for<'a> Predict<&'a Array2<f64>, Array1<usize>>,
+    E: std::error::Error + From<linfa::Error>,
+{
+    let training = Dataset::new(
+        data.train_x.mapv(f64::from),
+        Array1::from(data.train_y.clone()),
+    );
+    let model = params.fit(&training).unwrap();
+    model.predict(&data.test_x.mapv(f64::from)).to_vec()
+}
+
+/// The probe's estimator is a linfa estimator: swapping it for linfa-logistic's
+/// (`alpha = 1/C`) is one line, and both predict the held-out rows alike.
+#[test]
+fn probe_and_linfa_logistic_fit_through_one_generic_path() {
+    let g = golden();
+    for (labels, fit) in [("labels3", "fit3"), ("labels2", "fit2")] {
+        let reference = &g[fit];
+        let data = split(&g, labels);
+        let c = reference["c"].as_f64().unwrap();
+        let ours = fit_and_predict(
+            LogisticParams::default()
+                .c(c)
+                .max_iterations(10_000)
+                .gradient_tolerance(1e-10),
+            &data,
+        );
+        let theirs = if fit == "fit3" {
+            fit_and_predict(
+                MultiLogisticRegression::default()
+                    .alpha(1.0 / c)
+                    .max_iterations(10_000)
+                    .gradient_tolerance(1e-8),
+                &data,
+            )
+        } else {
+            fit_and_predict(
+                LogisticRegression::default()
+                    .alpha(1.0 / c)
+                    .max_iterations(10_000)
+                    .gradient_tolerance(1e-8),
+                &data,
+            )
+        };
+        let (ours_accuracy, theirs_accuracy) = (
+            metrics::accuracy(&ours, &data.test_y),
+            metrics::accuracy(&theirs, &data.test_y),
+        );
+        eprintln!("{fit}: accuracy {ours_accuracy} (probe), {theirs_accuracy} (linfa-logistic)");
+        assert_eq!(
+            ours,
+            indices(&reference["predict"]),
+            "{fit}: probe vs scikit-learn"
+        );
+        assert_eq!(ours, theirs, "{fit}: probe vs linfa-logistic");
     }
 }
 
