@@ -3,6 +3,10 @@
 //! redirects for renamed repos, an absolute redirect to a "CDN" on a second port for
 //! LFS files, X-Repo-Commit / ETag / X-Linked-Etag headers), serves the files API,
 //! and can be told to break the next CDN transfer.
+//!
+//! Longer than most files because the fake hub (about 450 lines) and the tests that
+//! drive it share its state and helpers; split, each half would only make sense
+//! beside the other.
 
 use std::collections::BTreeMap;
 use std::fs;
