@@ -178,6 +178,7 @@ fn main() -> ExitCode {
     // here are one line for the user, so only panics keep their backtraces.
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
     let cli = Cli::parse();
+    harness::hub::set_quiet(cli.quiet);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,6 +3,10 @@
 //! redirects for renamed repos, an absolute redirect to a "CDN" on a second port for
 //! LFS files, X-Repo-Commit / ETag / X-Linked-Etag headers), serves the files API,
 //! and can be told to break the next CDN transfer.
+//!
+//! Longer than most files because the fake hub (about 450 lines) and the tests that
+//! drive it share its state and helpers; split, each half would only make sense
+//! beside the other.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,11 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use harness::hub::{Hub, HubRepo, RepoType};
+use harness::hub::{Hub, HubRepo};
 use sha2::{Digest, Sha256};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-const DATA_COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "hf_test_token";
 const MODEL_BYTES: usize = 200_000;
 
@@ -53,7 +56,6 @@ impl FakeFile {
 }
 
 struct FakeRepo {
-    kind: &'static str,
     id: &'static str,
     commit: &'static str,
     private: bool,
@@ -211,7 +213,6 @@ fn fake_repos() -> Vec<FakeRepo> {
         "c.weight": "model-00002-of-00002.safetensors"}}"#;
     vec![
         FakeRepo {
-            kind: "models",
             id: "org/tiny",
             commit: COMMIT,
             private: false,
@@ -229,7 +230,6 @@ fn fake_repos() -> Vec<FakeRepo> {
             ]),
         },
         FakeRepo {
-            kind: "models",
             id: "org/sharded",
             commit: COMMIT,
             private: false,
@@ -253,7 +253,6 @@ fn fake_repos() -> Vec<FakeRepo> {
             ]),
         },
         FakeRepo {
-            kind: "models",
             id: "org/tiny-qwen2",
             commit: COMMIT,
             private: false,
@@ -269,21 +268,10 @@ fn fake_repos() -> Vec<FakeRepo> {
             ),
         },
         FakeRepo {
-            kind: "models",
             id: "org/private",
             commit: COMMIT,
             private: true,
             files: files(vec![("config.json", FakeFile::text("{}"))]),
-        },
-        FakeRepo {
-            kind: "datasets",
-            id: "org/data",
-            commit: DATA_COMMIT,
-            private: false,
-            files: files(vec![
-                ("data/train.csv", FakeFile::text("text,label\nhi,1\n")),
-                ("README.md", FakeFile::text("# data")),
-            ]),
         },
     ]
 }
@@ -424,18 +412,18 @@ fn hub_reply(state: &State, req: &Logged, cdn: SocketAddr) -> Reply {
         |repo: &FakeRepo| !repo.private || req.auth.as_deref() == Some(&format!("Bearer {TOKEN}"));
     let known_revision =
         |repo: &FakeRepo, rev: &str| matches!(rev, "main" | "refs/pr/1") || rev == repo.commit;
-    let find = |kind: &str, id: &str| state.repos.iter().find(|r| r.kind == kind && r.id == id);
+    let find = |id: &str| state.repos.iter().find(|r| r.id == id);
     let segments: Vec<String> = req.path.split('/').skip(1).map(percent_decode).collect();
 
     if segments.first().map(String::as_str) == Some("api") {
-        // /api/{kind}/{org}/{name}/revision/{rev}
+        // /api/models/{org}/{name}/revision/{rev}
         let json_error = |status, msg: &str| {
             Reply::new(status).body(format!(r#"{{"error": "{msg}"}}"#).into_bytes())
         };
-        let [_, kind, org, name, _, rev] = &segments[..] else {
+        let [_, models, org, name, _, rev] = &segments[..] else {
             return json_error(404, "Not found");
         };
-        let Some(repo) = find(kind, &format!("{org}/{name}")) else {
+        let Some(repo) = find(&format!("{org}/{name}")).filter(|_| models == "models") else {
             return json_error(404, "Repository not found");
         };
         if !authorized(repo) {
@@ -453,30 +441,26 @@ fn hub_reply(state: &State, req: &Logged, cdn: SocketAddr) -> Reply {
         return Reply::new(200).body(body.to_string().into_bytes());
     }
 
-    // /[datasets/]{org}/{name}/resolve/{rev}/{path...}
-    let (kind, prefix, rest) = match segments.first().map(String::as_str) {
-        Some("datasets") => ("datasets", "/datasets", &segments[1..]),
-        _ => ("models", "", &segments[..]),
-    };
-    let Some(at) = rest.iter().position(|s| s == "resolve") else {
+    // /{org}/{name}/resolve/{rev}/{path...}
+    let Some(at) = segments.iter().position(|s| s == "resolve") else {
         return Reply::new(404);
     };
-    let id = rest[..at].join("/");
-    let (Some(rev), true) = (rest.get(at + 1), rest.len() > at + 2) else {
+    let id = segments[..at].join("/");
+    let (Some(rev), true) = (segments.get(at + 1), segments.len() > at + 2) else {
         return Reply::new(404);
     };
-    let path = rest[at + 2..].join("/");
+    let path = segments[at + 2..].join("/");
     if id == "old-org/tiny" {
         // The hub answers a renamed repository with a relative redirect.
         let tail = req.path.split("/resolve/").nth(1).unwrap();
-        return Reply::new(307).header("Location", format!("{prefix}/org/tiny/resolve/{tail}"));
+        return Reply::new(307).header("Location", format!("/org/tiny/resolve/{tail}"));
     }
     let error = |status, code: &str, msg: &str| {
         Reply::new(status)
             .header("X-Error-Code", code)
             .header("X-Error-Message", msg)
     };
-    let Some(repo) = find(kind, &id) else {
+    let Some(repo) = find(&id) else {
         return error(404, "RepoNotFound", "Repository not found");
     };
     if !authorized(repo) {
@@ -784,7 +768,9 @@ fn not_found_errors_name_what_is_missing() {
         "{err}"
     );
 
-    let err = err_text(hub.get_bytes("/api/nothing-here"));
+    let err = err_text(
+        hub.get_json::<serde_json::Value>(&format!("http://{}/api/nothing-here", fake.hub)),
+    );
     assert!(
         err.contains("/api/nothing-here") && err.contains("404"),
         "{err}"
@@ -865,7 +851,10 @@ fn offline_mode_uses_only_the_cache() {
     );
     let err = err_text(offline.download_model_dir(&HubRepo::model("org/sharded")));
     assert!(err.contains("no snapshot"), "{err}");
-    let err = err_text(offline.get_bytes("/api/models/org/tiny/revision/main"));
+    let err = err_text(offline.get_json::<serde_json::Value>(&format!(
+        "http://{}/api/models/org/tiny/revision/main",
+        fake.hub
+    )));
     assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
     assert!(
         fake.take_log().is_empty(),
@@ -902,44 +891,6 @@ fn unreachable_endpoint_is_named_and_the_cache_stands_in() {
 }
 
 #[test]
-fn dataset_repos_use_dataset_urls_and_cache_folders() {
-    let fake = FakeHub::start("dataset");
-    let hub = fake.client(None);
-    let data = HubRepo::parse("datasets/org/data").unwrap();
-    assert_eq!(data, HubRepo::dataset("org/data"));
-
-    let path = hub.download(&data, "data/train.csv").unwrap();
-    assert_eq!(
-        path,
-        fake.repo_dir("datasets--org--data")
-            .join("snapshots")
-            .join(DATA_COMMIT)
-            .join("data/train.csv")
-    );
-    assert_eq!(fs::read_to_string(path).unwrap(), "text,label\nhi,1\n");
-    let (commit, files) = hub.list_files(&data).unwrap();
-    assert_eq!(commit, DATA_COMMIT);
-    assert_eq!(files, ["README.md", "data/train.csv"]);
-
-    let requests: Vec<String> = fake
-        .take_log()
-        .into_iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
-    assert_eq!(
-        requests,
-        [
-            "HEAD /datasets/org/data/resolve/main/data/train.csv",
-            "GET /datasets/org/data/resolve/main/data/train.csv",
-            "GET /api/datasets/org/data/revision/main"
-        ]
-    );
-    // The model of the same name is a different repository.
-    let err = err_text(hub.download(&HubRepo::model("org/data"), "data/train.csv"));
-    assert!(err.contains("404"), "{err}");
-}
-
-#[test]
 fn list_files_and_get_json_read_the_api() {
     let fake = FakeHub::start("api");
     let hub = fake.client(None);
@@ -948,8 +899,6 @@ fn list_files_and_get_json_read_the_api() {
     assert_eq!(files.len(), 7);
     assert!(files.contains(&"nested/dir/info.txt".to_string()));
 
-    let info: serde_json::Value = hub.get_json("/api/models/org/tiny/revision/main").unwrap();
-    assert_eq!(info["sha"], COMMIT);
     let absolute = format!("http://{}/api/models/org/tiny/revision/{COMMIT}", fake.hub);
     let info: serde_json::Value = hub.get_json(&absolute).unwrap();
     assert_eq!(info["sha"], COMMIT);
@@ -1050,16 +999,15 @@ fn revisions_with_slashes_are_quoted_and_get_nested_refs() {
 fn repo_specs_parse_and_print_back() {
     let repo = HubRepo::parse("org/name@v1.0").unwrap();
     assert_eq!(repo.repo_id, "org/name");
-    assert_eq!(repo.repo_type, RepoType::Model);
     assert_eq!(repo.revision, "v1.0");
     assert_eq!(HubRepo::parse("gpt2").unwrap(), HubRepo::model("gpt2"));
-    let data = HubRepo::parse("datasets/org/d@refs/pr/1").unwrap();
-    assert_eq!(data.repo_type, RepoType::Dataset);
-    assert_eq!(data.to_string(), "datasets/org/d@refs/pr/1");
-    assert_eq!(HubRepo::parse(&data.to_string()).unwrap(), data);
+    let pr = HubRepo::parse("org/d@refs/pr/1").unwrap();
+    assert_eq!(pr.to_string(), "org/d@refs/pr/1");
+    assert_eq!(HubRepo::parse(&pr.to_string()).unwrap(), pr);
     for bad in [
         "",
         "a/b/c",
+        "datasets/org/d",
         "org/../x",
         "org/name@",
         "-org/x",

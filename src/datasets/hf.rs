@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use percent_encoding::utf8_percent_encode;
 use serde::Deserialize;
 
-use crate::hub::Hub;
+use crate::hub::{Hub, COMPONENT};
 use crate::io::output::write_bytes_atomic;
 
 /// Rows per request; the viewer serves at most 100.
@@ -59,9 +60,9 @@ pub fn fetch_rows(repo: &str, config: &str, split: &str) -> Result<PathBuf> {
         let url = format!(
             "{}/rows?dataset={}&config={}&split={}&offset={offset}&length={PAGE}",
             server(),
-            encode(repo),
-            encode(config),
-            encode(split)
+            utf8_percent_encode(repo, COMPONENT),
+            utf8_percent_encode(config, COMPONENT),
+            utf8_percent_encode(split, COMPONENT)
         );
         let page: RowsPage = hub
             .get_json(&url)
@@ -82,16 +83,4 @@ pub fn fetch_rows(repo: &str, config: &str, split: &str) -> Result<PathBuf> {
     }
     write_bytes_atomic(&path, out.as_bytes())?;
     Ok(path)
-}
-
-/// Percent-encodes a query value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
