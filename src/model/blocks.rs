@@ -498,8 +498,6 @@ pub struct Block {
 /// What one block produced, for capture.
 pub struct BlockOutput {
     pub resid: Tensor,
-    pub attn_out: Tensor,
-    pub mlp_out: Tensor,
     pub probs: Option<Tensor>,
 }
 
@@ -546,12 +544,7 @@ impl Block {
             Residual::Sequential => (mlp_in + &mlp_out)?,
             Residual::Parallel => ((x + &attn_out)? + &mlp_out)?,
         };
-        Ok(BlockOutput {
-            resid,
-            attn_out,
-            mlp_out,
-            probs,
-        })
+        Ok(BlockOutput { resid, probs })
     }
 }
 
