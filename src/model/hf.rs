@@ -109,10 +109,32 @@ impl HfDir {
 
     /// The tensors of the weight files that no builder has read, sorted.
     pub fn unread(&self) -> Result<Vec<String>> {
-        let names = super::source::safetensors_headers(self)?
-            .into_iter()
-            .map(|(name, _)| name);
+        let names = self.tensor_dtypes()?.into_iter().map(|(name, _)| name);
         Ok(self.reads.unread(names))
+    }
+
+    /// Every tensor's name and dtype (as the header spells it, e.g. `BF16`), file by
+    /// file, from the headers alone.
+    pub fn tensor_dtypes(&self) -> Result<Vec<(String, String)>> {
+        let mut tensors = Vec::new();
+        for file in self.weight_files()? {
+            // SAFETY: the file is only read, and only its header, while the mapping lives.
+            let mapped = unsafe { MmapedSafetensors::new(&file) }.map_err(|e| {
+                // The error names the file itself; once is enough.
+                let e = match e {
+                    candle_core::Error::WithPath { inner, .. } => *inner,
+                    e => e,
+                };
+                anyhow!("{} is not a valid safetensors file: {e}", file.display())
+            })?;
+            tensors.extend(
+                mapped
+                    .tensors()
+                    .into_iter()
+                    .map(|(name, view)| (name, format!("{:?}", view.dtype()))),
+            );
+        }
+        Ok(tensors)
     }
 
     pub fn tokenizer_path(&self) -> PathBuf {
