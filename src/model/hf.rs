@@ -146,3 +146,39 @@ impl HfDir {
         p.is_file().then_some(p)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::HfDir;
+    use candle_core::{DType, Device, Tensor};
+    use std::collections::HashMap;
+
+    #[test]
+    fn tensor_dtypes_come_from_the_header_and_errors_name_the_file_once() {
+        let dir = std::env::temp_dir().join(format!("harness-hf-dtypes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        let file = dir.join("model.safetensors");
+        let tensors = HashMap::from([
+            ("a", Tensor::zeros(2, DType::BF16, &Device::Cpu).unwrap()),
+            ("b", Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap()),
+        ]);
+        candle_core::safetensors::save(&tensors, &file).unwrap();
+        let hf = HfDir::open(&dir).unwrap();
+        let mut dtypes = hf.tensor_dtypes().unwrap();
+        dtypes.sort();
+        let expected = [("a", "BF16"), ("b", "F32")].map(|(n, d)| (n.to_owned(), d.to_owned()));
+        assert_eq!(dtypes, expected);
+
+        std::fs::write(&file, b"not a safetensors file").unwrap();
+        let err = format!("{:#}", hf.tensor_dtypes().unwrap_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("is not a valid safetensors file"), "{err}");
+        assert_eq!(
+            err.matches(&*file.display().to_string()).count(),
+            1,
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+}
