@@ -26,6 +26,7 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Pads `(index, tokens)` rows to the longest with `pad_id`; no row may be empty.
     pub fn new(seqs: Vec<(usize, Vec<u32>)>, pad_id: u32) -> Result<Self> {
         let len = seqs.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
         if len == 0 {
@@ -49,6 +50,7 @@ impl Batch {
         })
     }
 
+    /// The number of rows.
     pub fn size(&self) -> usize {
         self.lens.len()
     }

@@ -33,6 +33,7 @@ pub struct GgufNames {
 }
 
 impl GgufFile {
+    /// Opens `path` and reads its metadata and tensor index (not the weights).
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut reader = BufReader::new(file);
@@ -124,6 +125,7 @@ impl GgufFile {
         self.content.metadata.contains_key(&self.arch_key(key))
     }
 
+    /// Whether the file has a tensor of this GGUF name.
     pub fn has_tensor(&self, gguf_name: &str) -> bool {
         self.content.tensor_infos.contains_key(gguf_name)
     }

@@ -19,6 +19,7 @@ pub struct HfDir {
 }
 
 impl HfDir {
+    /// Opens `path` and reads its `config.json`.
     pub fn open(path: &Path) -> Result<Self> {
         let config_path = path.join("config.json");
         let text = std::fs::read_to_string(&config_path)
@@ -32,10 +33,12 @@ impl HfDir {
         })
     }
 
+    /// `config.json` in the directory.
     pub fn config_path(&self) -> PathBuf {
         self.path.join("config.json")
     }
 
+    /// The configuration's `model_type`, which names the architecture.
     pub fn model_type(&self) -> Result<String> {
         match self.config.get("model_type") {
             Some(serde_json::Value::String(s)) => Ok(s.clone()),
@@ -137,10 +140,12 @@ impl HfDir {
         Ok(tensors)
     }
 
+    /// `tokenizer.json` in the directory, whether or not it exists.
     pub fn tokenizer_path(&self) -> PathBuf {
         self.path.join("tokenizer.json")
     }
 
+    /// `tokenizer_config.json`, when the directory has one.
     pub fn tokenizer_config_path(&self) -> Option<PathBuf> {
         let p = self.path.join("tokenizer_config.json");
         p.is_file().then_some(p)

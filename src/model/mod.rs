@@ -1,6 +1,6 @@
 //! Decoder architectures. Each file maps one family's configuration and weight names
 //! onto the shared pieces in [`blocks`]; [`Transformer`] runs them and reports every
-//! layer to a [`Capture`](crate::model::capture::Capture).
+//! layer to a [`Capture`].
 
 pub mod blocks;
 pub mod capture;
@@ -78,6 +78,7 @@ pub struct Intervention {
 }
 
 impl Transformer {
+    /// Assembles an architecture's parts; the block count must match the configuration.
     pub fn new(p: TransformerParts) -> Result<Self> {
         if p.blocks.len() != p.config.num_layers {
             bail!(
@@ -99,6 +100,7 @@ impl Transformer {
         })
     }
 
+    /// The number of blocks (layers above the embeddings).
     pub fn num_layers(&self) -> usize {
         self.blocks.len()
     }

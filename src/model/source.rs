@@ -178,6 +178,7 @@ fn load_files(source: ModelSource, files: Snapshot) -> Result<LoadedModel> {
 }
 
 impl LoadedModel {
+    /// What `harness inspect` reports about this model.
     pub fn info(&self) -> ModelInfo {
         ModelInfo {
             name: self.source.name.clone(),
