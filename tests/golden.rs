@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use anyhow::Result;
 use candle_core::{Device, Tensor};
-use harness::embeddings::pool::FullCapture;
 use harness::io::progress::Progress;
-use harness::model::capture::{self, BatchPlan};
+use harness::model::capture::{self, Batch, BatchPlan, Capture, CapturePoint};
+use harness::model::kernels::with_f32;
 use harness::model::source::{self, LoadedModel};
 use harness::model::tokenizer::BosPolicy;
 use harness::model::Intervention;
@@ -79,6 +80,63 @@ impl Golden {
     }
 }
 
+/// Every token's vector at every layer and every attention pattern, per text: memory
+/// grows with tokens x layers, which only small golden inputs afford.
+struct FullCapture {
+    depth: usize,
+    /// `[text][layer]` -> `[len, hidden]` row-major.
+    resid: Vec<Vec<Vec<f32>>>,
+    /// `[text][block-1]` -> `[heads, len, len]` row-major.
+    attn: Vec<Vec<Vec<f32>>>,
+}
+
+impl FullCapture {
+    fn new(n: usize, depth: usize) -> Self {
+        Self {
+            depth,
+            resid: vec![vec![Vec::new(); depth + 1]; n],
+            attn: vec![vec![Vec::new(); depth]; n],
+        }
+    }
+}
+
+impl Capture for FullCapture {
+    fn depth(&self) -> usize {
+        self.depth
+    }
+
+    fn wants_attention(&self, _layer: usize) -> bool {
+        true
+    }
+
+    fn on_resid(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()> {
+        let d = resid.dim(2)?;
+        let t = batch.len;
+        with_f32(resid, |h| {
+            for (row, (&len, &index)) in batch.lens.iter().zip(&batch.index).enumerate() {
+                self.resid[index][layer] = h[row * t * d..(row * t + len) * d].to_vec();
+            }
+        })
+    }
+
+    fn on_attention(&mut self, layer: usize, probs: &Tensor, batch: &Batch) -> Result<()> {
+        let heads = probs.dim(1)?;
+        let t = batch.len;
+        with_f32(probs, |p| {
+            for (row, (&len, &index)) in batch.lens.iter().zip(&batch.index).enumerate() {
+                let mut out = Vec::with_capacity(heads * len * len);
+                for h in 0..heads {
+                    for q in 0..len {
+                        let start = ((row * heads + h) * t + q) * t;
+                        out.extend_from_slice(&p[start..start + len]);
+                    }
+                }
+                self.attn[index][layer - 1] = out;
+            }
+        })
+    }
+}
+
 /// Worst relative L2 error over rows of `width` floats, comparing `ours` (rows of
 /// one sequence) with the golden rows starting at `offset`. NaN when any row holds a
 /// NaN or an infinity, on either side, so that `err <= TOLERANCE` fails.
@@ -110,7 +168,7 @@ fn worst_row_error(ours: &[f32], golden: &[f32], offset: usize, width: usize) ->
 fn compare(model: &LoadedModel, g: &Golden, batched: bool) -> (f32, String) {
     let seqs = g.ids();
     let layers = model.model.num_layers();
-    let mut cap = FullCapture::new(seqs.len(), layers, true);
+    let mut cap = FullCapture::new(seqs.len(), layers);
     let plan = if batched {
         BatchPlan {
             max_tokens: usize::MAX,
@@ -145,11 +203,12 @@ fn compare(model: &LoadedModel, g: &Golden, batched: bool) -> (f32, String) {
         let gold = g.f32(&format!("hidden.{l}"));
         for (b, resid) in cap.resid.iter().enumerate() {
             let err = worst_row_error(&resid[l], &gold, b * t * d, d);
-            note(err, format!("hidden.{l} sequence {b}"));
+            note(err, format!("{} sequence {b}", CapturePoint::Resid(l)));
         }
     }
     for l in 1..=layers {
         let name = format!("attn.{l}");
+        let point = CapturePoint::AttnPattern(l);
         let heads = g.dims(&name)[1];
         let gold = g.f32(&name);
         for (b, attn) in cap.attn.iter().enumerate() {
@@ -160,7 +219,7 @@ fn compare(model: &LoadedModel, g: &Golden, batched: bool) -> (f32, String) {
                     let off = ((b * heads + h) * t + q) * t;
                     note(
                         worst_row_error(ours, &gold, off, len),
-                        format!("{name} sequence {b} head {h} query {q}"),
+                        format!("{point} sequence {b} head {h} query {q}"),
                     );
                 }
             }

@@ -1,5 +1,5 @@
 //! Pooling: how every layer's token vectors become one vector per text, and the
-//! captures that keep those vectors (or, for small inputs, every token's).
+//! capture that keeps those vectors.
 
 use std::fmt;
 use std::str::FromStr;
@@ -217,65 +217,6 @@ impl Capture for PooledCapture {
                         .zip(&acc)
                         .for_each(|(o, &a)| *o = (a / n) as f32);
                 }
-            }
-        })
-    }
-}
-
-/// Every token's vector at every layer (and optionally attention), per text. For
-/// small inputs and tests: memory grows with tokens x layers.
-pub struct FullCapture {
-    depth: usize,
-    attention: bool,
-    /// `[text][layer]` -> `[len, hidden]` row-major.
-    pub resid: Vec<Vec<Vec<f32>>>,
-    /// `[text][block-1]` -> `[heads, len, len]` row-major.
-    pub attn: Vec<Vec<Vec<f32>>>,
-}
-
-impl FullCapture {
-    pub fn new(n: usize, depth: usize, attention: bool) -> Self {
-        Self {
-            depth,
-            attention,
-            resid: vec![vec![Vec::new(); depth + 1]; n],
-            attn: vec![vec![Vec::new(); if attention { depth } else { 0 }]; n],
-        }
-    }
-}
-
-impl Capture for FullCapture {
-    fn depth(&self) -> usize {
-        self.depth
-    }
-
-    fn wants_attention(&self, _layer: usize) -> bool {
-        self.attention
-    }
-
-    fn on_resid(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()> {
-        let d = resid.dim(2)?;
-        let t = batch.len;
-        with_f32(resid, |h| {
-            for (row, (&len, &index)) in batch.lens.iter().zip(&batch.index).enumerate() {
-                self.resid[index][layer] = h[row * t * d..(row * t + len) * d].to_vec();
-            }
-        })
-    }
-
-    fn on_attention(&mut self, layer: usize, probs: &Tensor, batch: &Batch) -> Result<()> {
-        let heads = probs.dim(1)?;
-        let t = batch.len;
-        with_f32(probs, |p| {
-            for (row, (&len, &index)) in batch.lens.iter().zip(&batch.index).enumerate() {
-                let mut out = Vec::with_capacity(heads * len * len);
-                for h in 0..heads {
-                    for q in 0..len {
-                        let start = ((row * heads + h) * t + q) * t;
-                        out.extend_from_slice(&p[start..start + len]);
-                    }
-                }
-                self.attn[index][layer - 1] = out;
             }
         })
     }

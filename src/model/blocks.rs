@@ -85,6 +85,7 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// A map from its weight `[out, in]` and optional bias `[out]`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self { weight, bias }
     }
@@ -116,10 +117,12 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// The weight, `[out, in]`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    /// The bias, `[out]`, if the map has one.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
@@ -159,6 +162,7 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation a Hugging Face config names (`hidden_act`).
     pub fn from_hf(name: &str) -> Result<Self> {
         Ok(match name {
             "silu" | "swish" => Self::Silu,
@@ -200,6 +204,7 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// `down(act(gate x) * up x)`.
     pub fn gated(gate: Linear, up: Linear, down: Linear, act: Activation) -> Result<Self> {
         let intermediate = up.weight.dim(0)?;
         Ok(Self {
@@ -211,6 +216,7 @@ impl Mlp {
         })
     }
 
+    /// `down(act(up x))`.
     pub fn plain(up: Linear, down: Linear, act: Activation) -> Result<Self> {
         let intermediate = up.weight.dim(0)?;
         Ok(Self {
@@ -280,6 +286,8 @@ pub enum RopeScaling {
 }
 
 impl Rotary {
+    /// Rotary over the first `dim` channels of each head, with base `theta`, pairing
+    /// channels as `interleaved` says.
     pub fn new(dim: usize, theta: f64, scaling: &RopeScaling, interleaved: bool) -> Self {
         // Computed in f32 like the reference, so angles round the same way.
         let inv_freq = (0..dim / 2)
@@ -382,6 +390,7 @@ pub struct AttentionParts {
 }
 
 impl Attention {
+    /// Checks the head counts fit together and builds the sublayer.
     pub fn new(p: AttentionParts) -> Result<Self> {
         if p.num_kv_heads == 0 || !p.num_heads.is_multiple_of(p.num_kv_heads) {
             bail!(
@@ -498,8 +507,6 @@ pub struct Block {
 /// What one block produced, for capture.
 pub struct BlockOutput {
     pub resid: Tensor,
-    pub attn_out: Tensor,
-    pub mlp_out: Tensor,
     pub probs: Option<Tensor>,
 }
 
@@ -546,12 +553,7 @@ impl Block {
             Residual::Sequential => (mlp_in + &mlp_out)?,
             Residual::Parallel => ((x + &attn_out)? + &mlp_out)?,
         };
-        Ok(BlockOutput {
-            resid,
-            attn_out,
-            mlp_out,
-            probs,
-        })
+        Ok(BlockOutput { resid, probs })
     }
 }
 

@@ -1,13 +1,10 @@
 //! The forward/capture engine: batches token sequences, runs the model and hands
-//! every layer to a [`Capture`].
-//!
-//! Capture points share one vocabulary, used alike in code, CLI and outputs:
-//! `resid.{l}` is the residual stream after layer `l` (`resid.0` the embeddings after
-//! any scaling, `resid.{L}` the last block's output before the final norm),
-//! `attn.{l}.pattern` the attention probabilities of block `l`, and `attn.{l}.out` /
-//! `mlp.{l}.out` what block `l`'s sublayers add to the stream.
+//! every layer to a [`Capture`], at the points [`CapturePoint`] names.
 
-use anyhow::{bail, Result};
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, Tensor};
 
 use crate::io::progress::Progress;
@@ -29,6 +26,7 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Pads `(index, tokens)` rows to the longest with `pad_id`; no row may be empty.
     pub fn new(seqs: Vec<(usize, Vec<u32>)>, pad_id: u32) -> Result<Self> {
         let len = seqs.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
         if len == 0 {
@@ -52,8 +50,54 @@ impl Batch {
         })
     }
 
+    /// The number of rows.
     pub fn size(&self) -> usize {
         self.lens.len()
+    }
+}
+
+/// A place in the forward pass whose values a [`Capture`] receives. Its text form
+/// (`resid.{l}`, `attn.{l}.pattern`) is the one vocabulary of code, docs and outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CapturePoint {
+    /// `resid.{l}`: the residual stream after layer `l`, `[b, t, hidden]`. `resid.0` is
+    /// the embeddings after any scaling, `resid.{L}` the last block's output before the
+    /// final norm.
+    Resid(usize),
+    /// `attn.{l}.pattern`: the attention probabilities of block `l` (from 1),
+    /// `[b, heads, t, t]`.
+    AttnPattern(usize),
+}
+
+impl fmt::Display for CapturePoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Resid(l) => write!(f, "resid.{l}"),
+            Self::AttnPattern(l) => write!(f, "attn.{l}.pattern"),
+        }
+    }
+}
+
+impl FromStr for CapturePoint {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        // Only the canonical spelling: `resid.+1` or `resid.01` would name a point twice.
+        let layer = |l: &str| l.parse::<usize>().ok().filter(|n| n.to_string() == l);
+        let point = if let Some(l) = s.strip_prefix("resid.") {
+            layer(l).map(Self::Resid)
+        } else if let Some(l) = s
+            .strip_prefix("attn.")
+            .and_then(|r| r.strip_suffix(".pattern"))
+        {
+            // Blocks are numbered from 1; layer 0 has no attention.
+            layer(l).filter(|&n| n > 0).map(Self::AttnPattern)
+        } else {
+            None
+        };
+        point.ok_or_else(|| {
+            anyhow!("unknown capture point '{s}' (expected resid.{{l}} or attn.{{l}}.pattern)")
+        })
     }
 }
 
@@ -62,32 +106,16 @@ pub trait Capture {
     /// The deepest layer whose residual stream is needed: the pass stops there.
     fn depth(&self) -> usize;
 
-    /// Whether block `layer`'s attention probabilities are wanted.
+    /// Whether [`CapturePoint::AttnPattern`]`(layer)` is wanted.
     fn wants_attention(&self, _layer: usize) -> bool {
         false
     }
 
-    /// Whether block `layer`'s attention and MLP outputs are wanted.
-    fn wants_block_outputs(&self, _layer: usize) -> bool {
-        false
-    }
-
-    /// `resid.{layer}`: `[b, t, hidden]`, padded positions included.
+    /// [`CapturePoint::Resid`]`(layer)`: `[b, t, hidden]`, padded positions included.
     fn on_resid(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()>;
 
-    /// `attn.{layer}.pattern`: `[b, heads, t, t]`.
+    /// [`CapturePoint::AttnPattern`]`(layer)`: `[b, heads, t, t]`.
     fn on_attention(&mut self, _layer: usize, _probs: &Tensor, _batch: &Batch) -> Result<()> {
-        Ok(())
-    }
-
-    /// `attn.{layer}.out` and `mlp.{layer}.out`: `[b, t, hidden]` each.
-    fn on_block_outputs(
-        &mut self,
-        _layer: usize,
-        _attn_out: &Tensor,
-        _mlp_out: &Tensor,
-        _batch: &Batch,
-    ) -> Result<()> {
         Ok(())
     }
 }
@@ -167,4 +195,36 @@ pub fn run(
     }
     progress.finish();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CapturePoint;
+
+    #[test]
+    fn capture_points_round_trip_their_names() {
+        for (point, name) in [
+            (CapturePoint::Resid(0), "resid.0"),
+            (CapturePoint::Resid(30), "resid.30"),
+            (CapturePoint::AttnPattern(1), "attn.1.pattern"),
+        ] {
+            assert_eq!(point.to_string(), name);
+            assert_eq!(name.parse::<CapturePoint>().unwrap(), point);
+        }
+        for bad in [
+            "resid",
+            "resid.",
+            "resid.-1",
+            "resid.01",
+            "attn.0.pattern",
+            "attn.3",
+            "mlp.3.out",
+        ] {
+            let err = bad.parse::<CapturePoint>().unwrap_err().to_string();
+            assert!(
+                err.contains(bad) && err.contains("attn.{l}.pattern"),
+                "{err}"
+            );
+        }
+    }
 }

@@ -102,6 +102,7 @@ struct Settings {
     prefix: &'static str,
 }
 
+/// Builds Gemma 3 from a Hugging Face directory (text-only or multimodal).
 pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
     let raw: serde_json::Value = dir.config()?;
     // Multimodal Gemma 3 checkpoints nest the text model's config.
@@ -190,6 +191,7 @@ pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
     build(vb, s)
 }
 
+/// Builds Gemma 3 from a GGUF file.
 pub fn from_gguf(file: &GgufFile) -> Result<Transformer> {
     let n = file.arch_size("block_count")?;
     let heads = file.arch_size("attention.head_count")?;

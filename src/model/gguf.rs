@@ -1,7 +1,8 @@
-//! GGUF files: metadata access and weights dequantized to f32 on demand, under
-//! Hugging Face tensor names so architecture files load both formats the same way.
+//! GGUF files: the one typed metadata reader (for the model's configuration and the
+//! tokenizer rebuild alike) and weights dequantized to f32 on demand, under Hugging
+//! Face tensor names so architecture files load both formats the same way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ pub struct GgufNames {
 }
 
 impl GgufFile {
+    /// Opens `path` and reads its metadata and tensor index (not the weights).
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut reader = BufReader::new(file);
@@ -49,35 +51,37 @@ impl GgufFile {
         })
     }
 
-    /// `general.architecture`, or "" when absent.
-    pub fn architecture(&self) -> &str {
-        match self.content.metadata.get("general.architecture") {
-            Some(Value::String(s)) => s,
-            _ => "",
-        }
+    /// The file's metadata, typed.
+    pub(crate) fn metadata(&self) -> Metadata<'_> {
+        Metadata::new(&self.content.metadata)
     }
 
-    fn value(&self, key: &str) -> Result<&Value> {
-        self.content
-            .metadata
-            .get(key)
+    /// `general.architecture`, or "" when absent or not a string.
+    pub fn architecture(&self) -> &str {
+        self.metadata()
+            .string("general.architecture")
+            .ok()
+            .flatten()
+            .unwrap_or("")
+    }
+
+    /// The value at `key`, read by `read`; its absence is an error naming the file.
+    fn required<'a, T>(
+        &'a self,
+        key: &str,
+        read: impl FnOnce(&Metadata<'a>, &str) -> Result<Option<T>>,
+    ) -> Result<T> {
+        read(&self.metadata(), key)?
             .ok_or_else(|| anyhow!("{} has no metadata key '{key}'", self.path.display()))
+    }
+
+    fn arch_key(&self, key: &str) -> String {
+        format!("{}.{key}", self.architecture())
     }
 
     /// An integer under `<architecture>.<key>`.
     pub fn arch_usize(&self, key: &str) -> Result<usize> {
-        let full = format!("{}.{key}", self.architecture());
-        let v = self.value(&full)?;
-        let n = match v {
-            Value::U8(x) => *x as u64,
-            Value::U16(x) => *x as u64,
-            Value::U32(x) => *x as u64,
-            Value::U64(x) => *x,
-            Value::I32(x) if *x >= 0 => *x as u64,
-            Value::I64(x) if *x >= 0 => *x as u64,
-            other => bail!("metadata '{full}' should be a non-negative integer, found {other:?}"),
-        };
-        Ok(n as usize)
+        self.required(&self.arch_key(key), Metadata::size)
     }
 
     /// A size under `<architecture>.<key>`, refused when 0: shapes are computed
@@ -85,14 +89,15 @@ impl GgufFile {
     pub fn arch_size(&self, key: &str) -> Result<usize> {
         match self.arch_usize(key)? {
             0 => bail!(
-                "{}: metadata '{}.{key}' is 0; it must be at least 1",
+                "{}: metadata '{}' is 0; it must be at least 1",
                 self.path.display(),
-                self.architecture()
+                self.arch_key(key)
             ),
             n => Ok(n),
         }
     }
 
+    /// [`arch_size`](Self::arch_size), or `default` when the key is absent.
     pub fn arch_size_or(&self, key: &str, default: usize) -> Result<usize> {
         if self.has_arch_key(key) {
             self.arch_size(key)
@@ -103,14 +108,10 @@ impl GgufFile {
 
     /// A float under `<architecture>.<key>`.
     pub fn arch_f64(&self, key: &str) -> Result<f64> {
-        let full = format!("{}.{key}", self.architecture());
-        match self.value(&full)? {
-            Value::F32(x) => Ok(*x as f64),
-            Value::F64(x) => Ok(*x),
-            other => bail!("metadata '{full}' should be a float, found {other:?}"),
-        }
+        self.required(&self.arch_key(key), Metadata::float)
     }
 
+    /// [`arch_f64`](Self::arch_f64), or `default` when the key is absent.
     pub fn arch_f64_or(&self, key: &str, default: f64) -> Result<f64> {
         if self.has_arch_key(key) {
             self.arch_f64(key)
@@ -119,11 +120,12 @@ impl GgufFile {
         }
     }
 
+    /// Whether the file has `<architecture>.<key>`.
     pub fn has_arch_key(&self, key: &str) -> bool {
-        let full = format!("{}.{key}", self.architecture());
-        self.content.metadata.contains_key(&full)
+        self.content.metadata.contains_key(&self.arch_key(key))
     }
 
+    /// Whether the file has a tensor of this GGUF name.
     pub fn has_tensor(&self, gguf_name: &str) -> bool {
         self.content.tensor_infos.contains_key(gguf_name)
     }
@@ -134,10 +136,9 @@ impl GgufFile {
         if self.has_arch_key("vocab_size") {
             return self.arch_usize("vocab_size");
         }
-        match self.value("tokenizer.ggml.tokens")? {
-            Value::Array(tokens) => Ok(tokens.len()),
-            _ => bail!("metadata 'tokenizer.ggml.tokens' is not an array"),
-        }
+        self.required("tokenizer.ggml.tokens", |m, key| {
+            Ok(m.array(key)?.map(<[Value]>::len))
+        })
     }
 
     /// Tensor counts per storage type, e.g. `{"Q4_1": 210, "F32": 61}`.
@@ -177,6 +178,153 @@ impl GgufFile {
         drop(reader);
         q.dequantize(&Device::Cpu)
             .with_context(|| format!("dequantizing tensor {gguf_name}"))
+    }
+}
+
+/// Typed access to GGUF metadata, where a key of the wrong type is an error, not an
+/// absence: every `Ok(None)` means the key is missing.
+#[derive(Clone, Copy)]
+pub(crate) struct Metadata<'a>(&'a HashMap<String, Value>);
+
+impl<'a> Metadata<'a> {
+    pub(crate) fn new(metadata: &'a HashMap<String, Value>) -> Self {
+        Self(metadata)
+    }
+
+    /// The value at `key` if present, read by `read`, which returns `None` when the
+    /// value is not `what`.
+    fn typed<T>(
+        &self,
+        key: &str,
+        what: &str,
+        read: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>> {
+        self.0
+            .get(key)
+            .map(|v| {
+                read(v).ok_or_else(|| anyhow!("GGUF {key} should be {what}, found {}", describe(v)))
+            })
+            .transpose()
+    }
+
+    pub(crate) fn string(&self, key: &str) -> Result<Option<&'a str>> {
+        self.typed(key, "a string", |v| match v {
+            Value::String(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn bool(&self, key: &str) -> Result<Option<bool>> {
+        self.typed(key, "a bool", |v| match v {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn token_id(&self, key: &str) -> Result<Option<u32>> {
+        self.typed(key, "a token id", |v| {
+            integer(v).and_then(|i| u32::try_from(i).ok())
+        })
+    }
+
+    pub(crate) fn size(&self, key: &str) -> Result<Option<usize>> {
+        self.typed(key, "a non-negative integer", |v| {
+            integer(v).and_then(|i| usize::try_from(i).ok())
+        })
+    }
+
+    pub(crate) fn float(&self, key: &str) -> Result<Option<f64>> {
+        self.typed(key, "a float", float)
+    }
+
+    pub(crate) fn array(&self, key: &str) -> Result<Option<&'a [Value]>> {
+        self.typed(key, "an array", |v| match v {
+            Value::Array(items) => Some(items.as_slice()),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn strings(&self, key: &str) -> Result<Option<Vec<&'a str>>> {
+        self.typed_array(key, "string", |v| match v {
+            Value::String(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn ints(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        self.typed_array(key, "integer", integer)
+    }
+
+    pub(crate) fn floats(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        self.typed_array(key, "float", float)
+    }
+
+    fn typed_array<T>(
+        &self,
+        key: &str,
+        kind: &str,
+        convert: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Option<Vec<T>>> {
+        let Some(items) = self.array(key)? else {
+            return Ok(None);
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                convert(v).ok_or_else(|| {
+                    anyhow!("GGUF {key}[{i}] should be a {kind}, found {}", type_name(v))
+                })
+            })
+            .collect::<Result<_>>()
+            .map(Some)
+    }
+}
+
+fn integer(value: &Value) -> Option<i64> {
+    match *value {
+        Value::U8(x) => Some(x.into()),
+        Value::I8(x) => Some(x.into()),
+        Value::U16(x) => Some(x.into()),
+        Value::I16(x) => Some(x.into()),
+        Value::U32(x) => Some(x.into()),
+        Value::I32(x) => Some(x.into()),
+        Value::U64(x) => i64::try_from(x).ok(),
+        Value::I64(x) => Some(x),
+        _ => None,
+    }
+}
+
+fn float(value: &Value) -> Option<f64> {
+    match *value {
+        Value::F32(x) => Some(f64::from(x)),
+        Value::F64(x) => Some(x),
+        _ => None,
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::U8(_) => "u8",
+        Value::I8(_) => "i8",
+        Value::U16(_) => "u16",
+        Value::I16(_) => "i16",
+        Value::U32(_) => "u32",
+        Value::I32(_) => "i32",
+        Value::U64(_) => "u64",
+        Value::I64(_) => "i64",
+        Value::F32(_) => "f32",
+        Value::F64(_) => "f64",
+        Value::Bool(_) => "bool",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+    }
+}
+
+fn describe(value: &Value) -> String {
+    match integer(value) {
+        Some(i) => format!("{} {i}", type_name(value)),
+        None => type_name(value).to_owned(),
     }
 }
 

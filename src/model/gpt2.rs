@@ -34,6 +34,7 @@ fn default_true() -> bool {
     true
 }
 
+/// Builds GPT-2 from a Hugging Face directory.
 pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
     let c: HfConfig = dir.config()?;
     require_sizes(&[

@@ -48,6 +48,7 @@ fn default_context() -> usize {
     2048
 }
 
+/// Builds GPT-NeoX (Pythia) from a Hugging Face directory.
 pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
     let c: HfConfig = dir.config()?;
     require_sizes(&[

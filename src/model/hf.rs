@@ -19,6 +19,7 @@ pub struct HfDir {
 }
 
 impl HfDir {
+    /// Opens `path` and reads its `config.json`.
     pub fn open(path: &Path) -> Result<Self> {
         let config_path = path.join("config.json");
         let text = std::fs::read_to_string(&config_path)
@@ -32,10 +33,12 @@ impl HfDir {
         })
     }
 
+    /// `config.json` in the directory.
     pub fn config_path(&self) -> PathBuf {
         self.path.join("config.json")
     }
 
+    /// The configuration's `model_type`, which names the architecture.
     pub fn model_type(&self) -> Result<String> {
         match self.config.get("model_type") {
             Some(serde_json::Value::String(s)) => Ok(s.clone()),
@@ -109,18 +112,78 @@ impl HfDir {
 
     /// The tensors of the weight files that no builder has read, sorted.
     pub fn unread(&self) -> Result<Vec<String>> {
-        let names = super::source::safetensors_headers(self)?
-            .into_iter()
-            .map(|(name, _)| name);
+        let names = self.tensor_dtypes()?.into_iter().map(|(name, _)| name);
         Ok(self.reads.unread(names))
     }
 
+    /// Every tensor's name and dtype (as the header spells it, e.g. `BF16`), file by
+    /// file, from the headers alone.
+    pub fn tensor_dtypes(&self) -> Result<Vec<(String, String)>> {
+        let mut tensors = Vec::new();
+        for file in self.weight_files()? {
+            // SAFETY: the file is only read, and only its header, while the mapping lives.
+            let mapped = unsafe { MmapedSafetensors::new(&file) }.map_err(|e| {
+                // The error names the file itself; once is enough.
+                let e = match e {
+                    candle_core::Error::WithPath { inner, .. } => *inner,
+                    e => e,
+                };
+                anyhow!("{} is not a valid safetensors file: {e}", file.display())
+            })?;
+            tensors.extend(
+                mapped
+                    .tensors()
+                    .into_iter()
+                    .map(|(name, view)| (name, format!("{:?}", view.dtype()))),
+            );
+        }
+        Ok(tensors)
+    }
+
+    /// `tokenizer.json` in the directory, whether or not it exists.
     pub fn tokenizer_path(&self) -> PathBuf {
         self.path.join("tokenizer.json")
     }
 
+    /// `tokenizer_config.json`, when the directory has one.
     pub fn tokenizer_config_path(&self) -> Option<PathBuf> {
         let p = self.path.join("tokenizer_config.json");
         p.is_file().then_some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HfDir;
+    use candle_core::{DType, Device, Tensor};
+    use std::collections::HashMap;
+
+    #[test]
+    fn tensor_dtypes_come_from_the_header_and_errors_name_the_file_once() {
+        let dir = std::env::temp_dir().join(format!("harness-hf-dtypes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        let file = dir.join("model.safetensors");
+        let tensors = HashMap::from([
+            ("a", Tensor::zeros(2, DType::BF16, &Device::Cpu).unwrap()),
+            ("b", Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap()),
+        ]);
+        candle_core::safetensors::save(&tensors, &file).unwrap();
+        let hf = HfDir::open(&dir).unwrap();
+        let mut dtypes = hf.tensor_dtypes().unwrap();
+        dtypes.sort();
+        let expected = [("a", "BF16"), ("b", "F32")].map(|(n, d)| (n.to_owned(), d.to_owned()));
+        assert_eq!(dtypes, expected);
+
+        std::fs::write(&file, b"not a safetensors file").unwrap();
+        let err = format!("{:#}", hf.tensor_dtypes().unwrap_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("is not a valid safetensors file"), "{err}");
+        assert_eq!(
+            err.matches(&*file.display().to_string()).count(),
+            1,
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "one line: {err}");
     }
 }

@@ -1,8 +1,8 @@
 //! CPU kernels for the hot path of the forward pass.
 //!
 //! candle's generic ops cost several copies per attention layer (narrow, reshape,
-//! transpose, contiguous) and its matrix product reaches about 110 GFLOP/s here,
-//! where `matrixmultiply` reaches about 140. These kernels fuse what can be fused,
+//! transpose, contiguous) and its matrix product is slower than `matrixmultiply`'s
+//! (figures in `docs/benchmarks.md`). These kernels fuse what can be fused,
 //! compute attention only for real (unpadded) query rows and visible keys, and
 //! write results straight into the layout the next step reads.
 

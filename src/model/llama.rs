@@ -81,6 +81,7 @@ struct Settings {
     interleaved_rope: bool,
 }
 
+/// Builds a Llama-family model (llama, mistral, qwen2) from a Hugging Face directory.
 pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
     let c: HfConfig = dir.config()?;
     require_sizes(&[
@@ -151,6 +152,7 @@ pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
     build(dir.var_builder()?, s)
 }
 
+/// Builds a Llama-family model (llama, mistral, qwen2) from a GGUF file.
 pub fn from_gguf(file: &GgufFile) -> Result<Transformer> {
     let arch = file.architecture().to_string();
     if file.has_tensor("rope_freqs.weight") || file.has_arch_key("rope.scaling.type") {

@@ -1,6 +1,6 @@
 //! Decoder architectures. Each file maps one family's configuration and weight names
 //! onto the shared pieces in [`blocks`]; [`Transformer`] runs them and reports every
-//! layer to a [`Capture`](crate::model::capture::Capture).
+//! layer to a [`Capture`].
 
 pub mod blocks;
 pub mod capture;
@@ -78,6 +78,7 @@ pub struct Intervention {
 }
 
 impl Transformer {
+    /// Assembles an architecture's parts; the block count must match the configuration.
     pub fn new(p: TransformerParts) -> Result<Self> {
         if p.blocks.len() != p.config.num_layers {
             bail!(
@@ -99,6 +100,7 @@ impl Transformer {
         })
     }
 
+    /// The number of blocks (layers above the embeddings).
     pub fn num_layers(&self) -> usize {
         self.blocks.len()
     }
@@ -189,14 +191,6 @@ impl Transformer {
             if let Some(probs) = &out.probs {
                 capture.on_attention(layer, probs, batch)?;
             }
-            if capture.wants_block_outputs(layer) {
-                capture.on_block_outputs(
-                    layer,
-                    &out.attn_out.reshape((b, t, hidden))?,
-                    &out.mlp_out.reshape((b, t, hidden))?,
-                    batch,
-                )?;
-            }
             x = out.resid;
             capture.on_resid(layer, &x.reshape((b, t, hidden))?, batch)?;
         }
@@ -227,14 +221,68 @@ impl Transformer {
     }
 }
 
+/// One supported architecture: the names it goes by and the files that build it.
+struct Architecture {
+    /// `general.architecture` in GGUF, `model_type` in `config.json`.
+    name: &'static str,
+    /// Other `model_type`s transformers writes for it.
+    hf_aliases: &'static [&'static str],
+    gguf: Option<fn(&GgufFile) -> Result<Transformer>>,
+    hf: fn(&HfDir) -> Result<Transformer>,
+}
+
+/// Every architecture harness runs, in the order error messages list them.
+const ARCHITECTURES: &[Architecture] = &[
+    Architecture {
+        name: "llama",
+        hf_aliases: &[],
+        gguf: Some(llama::from_gguf),
+        hf: llama::from_hf,
+    },
+    Architecture {
+        name: "mistral",
+        hf_aliases: &[],
+        gguf: Some(llama::from_gguf),
+        hf: llama::from_hf,
+    },
+    Architecture {
+        name: "qwen2",
+        hf_aliases: &[],
+        gguf: Some(llama::from_gguf),
+        hf: llama::from_hf,
+    },
+    Architecture {
+        name: "gemma3",
+        hf_aliases: &["gemma3_text"],
+        gguf: Some(gemma3::from_gguf),
+        hf: gemma3::from_hf,
+    },
+    Architecture {
+        name: "gpt_neox",
+        hf_aliases: &[],
+        gguf: None,
+        hf: gpt_neox::from_hf,
+    },
+    Architecture {
+        name: "gpt2",
+        hf_aliases: &[],
+        gguf: None,
+        hf: gpt2::from_hf,
+    },
+];
+
 /// Builds the architecture a GGUF file names in `general.architecture`.
 pub fn from_gguf(file: &GgufFile) -> Result<Transformer> {
-    match file.architecture() {
-        "llama" | "mistral" | "qwen2" => llama::from_gguf(file),
-        "gemma3" => gemma3::from_gguf(file),
-        other => bail!(
-            "unsupported GGUF architecture '{other}' in {} (supported: llama, mistral, qwen2, gemma3)",
-            file.path.display()
+    let name = file.architecture();
+    match ARCHITECTURES
+        .iter()
+        .find_map(|a| a.gguf.filter(|_| a.name == name))
+    {
+        Some(build) => build(file),
+        None => bail!(
+            "unsupported GGUF architecture '{name}' in {} (supported: {})",
+            file.path.display(),
+            supported(|a| a.gguf.is_some())
         ),
     }
 }
@@ -242,17 +290,27 @@ pub fn from_gguf(file: &GgufFile) -> Result<Transformer> {
 /// Builds the architecture a Hugging Face `config.json` names in `model_type`.
 pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
     let model_type = dir.model_type()?;
-    let model = match model_type.as_str() {
-        "llama" | "mistral" | "qwen2" => llama::from_hf(dir),
-        "gemma3" | "gemma3_text" => gemma3::from_hf(dir),
-        "gpt_neox" => gpt_neox::from_hf(dir),
-        "gpt2" => gpt2::from_hf(dir),
-        other => bail!(
-            "unsupported model_type '{other}' in {} (supported: llama, mistral, qwen2, gemma3, gpt_neox, gpt2)",
-            dir.config_path().display()
-        ),
+    let Some(arch) = ARCHITECTURES
+        .iter()
+        .find(|a| a.name == model_type || a.hf_aliases.contains(&model_type.as_str()))
+    else {
+        bail!(
+            "unsupported model_type '{model_type}' in {} (supported: {})",
+            dir.config_path().display(),
+            supported(|_| true)
+        );
     };
-    model.with_context(|| format!("loading {}", dir.path.display()))
+    (arch.hf)(dir).with_context(|| format!("loading {}", dir.path.display()))
+}
+
+/// The names of the architectures `filter` keeps, for an error message.
+fn supported(filter: impl Fn(&Architecture) -> bool) -> String {
+    let names: Vec<&str> = ARCHITECTURES
+        .iter()
+        .filter(|a| filter(a))
+        .map(|a| a.name)
+        .collect();
+    names.join(", ")
 }
 
 /// Refuses a configured size of zero before any shape is computed from it: a zero

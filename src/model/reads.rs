@@ -15,6 +15,7 @@ use candle_nn::var_builder::SimpleBackend;
 pub struct Reads(Arc<Mutex<BTreeSet<String>>>);
 
 impl Reads {
+    /// Records that `name` was read.
     pub fn mark(&self, name: &str) {
         // A poisoned lock only means another read panicked; the set is still whole.
         let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());

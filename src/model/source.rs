@@ -2,7 +2,6 @@
 //! or `hf:org/name[@revision]`) to a ready [`Transformer`] and its tokenizer.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -173,7 +172,7 @@ fn load_files(source: ModelSource, files: Snapshot) -> Result<LoadedModel> {
             let model = models::from_hf(&dir)?;
             let warnings = super::reads::check_unread(&source.path, dir.unread()?)?;
             let mut weight_types = BTreeMap::new();
-            for (_, dtype) in safetensors_headers(&dir)? {
+            for (_, dtype) in dir.tensor_dtypes()? {
                 *weight_types.entry(dtype).or_insert(0) += 1;
             }
             Ok(LoadedModel {
@@ -188,39 +187,8 @@ fn load_files(source: ModelSource, files: Snapshot) -> Result<LoadedModel> {
     }
 }
 
-/// Every tensor's name and dtype across a directory's safetensors files, read from
-/// the headers alone.
-pub(crate) fn safetensors_headers(dir: &hf::HfDir) -> Result<Vec<(String, String)>> {
-    let mut tensors = Vec::new();
-    for file in dir.weight_files()? {
-        let bad = || format!("{} is not a valid safetensors file", file.display());
-        let mut f = std::fs::File::open(&file)
-            .with_context(|| format!("cannot open {}", file.display()))?;
-        let mut len = [0u8; 8];
-        f.read_exact(&mut len).with_context(bad)?;
-        let len = u64::from_le_bytes(len);
-        if len > 100 << 20 {
-            bail!("{}: header of {len} bytes", bad());
-        }
-        let mut header = vec![0u8; len as usize];
-        f.read_exact(&mut header).with_context(bad)?;
-        let header: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&header).with_context(bad)?;
-        for (name, info) in &header {
-            if name == "__metadata__" {
-                continue;
-            }
-            let dtype = info
-                .get("dtype")
-                .and_then(|d| d.as_str())
-                .unwrap_or("unknown");
-            tensors.push((name.clone(), dtype.to_string()));
-        }
-    }
-    Ok(tensors)
-}
-
 impl LoadedModel {
+    /// What `harness inspect` reports about this model.
     pub fn info(&self) -> ModelInfo {
         ModelInfo {
             name: self.source.name.clone(),
