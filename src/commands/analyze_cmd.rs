@@ -1,5 +1,5 @@
 //! `harness analyze` as a command: gathers the prompts, runs the analysis of
-//! [`analyze`](crate::commands::analyze) and writes its result.
+//! [`analyze`] and writes its result.
 
 use std::path::PathBuf;
 

@@ -189,8 +189,8 @@ pub fn labelled(task: &LoadedTask, spec: &LabelSpec, settings: &Settings) -> Res
 }
 
 impl Examples {
-    /// Drops classes with fewer than `min` examples (see [`min_class_size`]),
-    /// renumbering the rest; returns the names of the classes dropped.
+    /// Drops classes with fewer than `min` examples (what the folds need), renumbering
+    /// the rest; returns the names of the classes dropped.
     pub fn drop_rare_classes(&mut self, min: usize) -> Result<Vec<String>> {
         let mut counts = vec![0usize; self.classes.len()];
         self.labels.iter().for_each(|&l| counts[l] += 1);
