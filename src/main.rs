@@ -1,17 +1,17 @@
 //! The `harness` command line: parses arguments and calls the library.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use harness::commands::analyze::{self, Ablate, AnalyzeOptions};
-use harness::commands::eval::EvalOptions;
-use harness::embeddings::encode::{self, Encoding};
+use harness::commands::analyze_cmd::AnalyzeCommand;
+use harness::commands::embed::EmbedCommand;
+use harness::commands::eval::{EvalCommand, EvalOptions};
+use harness::commands::{self, analyze};
+use harness::embeddings::encode::Encoding;
 use harness::embeddings::pool::Pool;
-use harness::io::progress::Progress;
 use harness::model::capture::BatchPlan;
 use harness::model::tokenizer::BosPolicy;
 use harness::model::Intervention;
@@ -194,168 +194,50 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let quiet = cli.quiet;
     match cli.command {
-        Command::Inspect { model, json } => {
-            let loaded = load_model(&model)?;
-            let info = loaded.info();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
-            } else {
-                print!("{}", harness::report::inspect_table(&info));
-            }
-        }
-        Command::Embed(args) => {
-            harness::io::output::check_destination(&args.out)?;
-            let loaded = load_model(&args.model)?;
-            let texts = harness::datasets::read_lines(&args.input)?;
-            let progress = Progress::new("embed", "tokens", cli.quiet);
-            let out = encode::embed_texts(
-                &loaded,
-                &texts,
-                args.pool,
-                args.run.encoding(),
-                args.run.plan(),
-                &Intervention::default(),
-                &progress,
-            )?;
-            warn_truncated("", out.truncated, &loaded);
-            eprintln!(
-                "embedded {} texts ({} tokens) at {} layers in {:.1}s ({:.0} tokens/s), pool {}",
-                out.pooled.n,
-                out.tokens,
-                out.pooled.layers,
-                out.seconds,
-                out.tokens as f64 / out.seconds,
-                out.pool
-            );
-            let metadata = HashMap::from([
-                ("model".to_string(), loaded.source.name.clone()),
-                ("bos".to_string(), args.run.bos.to_string()),
-                ("input".to_string(), args.input.display().to_string()),
-            ]);
-            out.save(&args.out, metadata)?;
-        }
-        Command::Eval(args) => eval(args, cli.quiet)?,
-        Command::Report { results, out } => {
-            let loaded = harness::report::load(&results)?;
-            for warning in &loaded.warnings {
-                eprintln!("warning: {warning}");
-            }
-            for path in harness::report::write_report(&loaded, &out)? {
-                println!("wrote {}", path.display());
-            }
-        }
-        Command::Analyze(args) => analyze(args, cli.quiet)?,
+        Command::Inspect { model, json } => commands::inspect::run(&model, json),
+        Command::Embed(args) => commands::embed::run(&EmbedCommand {
+            model: args.model,
+            input: args.input,
+            pool: args.pool,
+            encoding: args.run.encoding(),
+            plan: args.run.plan(),
+            out: args.out,
+            quiet,
+        }),
+        Command::Eval(args) if args.list => commands::eval::list(),
+        Command::Eval(args) => commands::eval::run(EvalCommand {
+            opts: EvalOptions {
+                limit: args.limit,
+                seed: args.seed,
+                pool: args.pool,
+                center: args.center,
+                encoding: args.run.encoding(),
+                plan: args.run.plan(),
+                intervention: Intervention::default(),
+                use_cache: !args.no_cache,
+                resamples: args.resamples,
+                folds: args.folds,
+                quiet,
+            },
+            tasks: args.task,
+            model: args.model.unwrap_or_default(),
+            ablate: args.ablate,
+            out: args.out,
+        }),
+        Command::Report { results, out } => commands::report::run(&results, &out),
+        Command::Analyze(args) => commands::analyze_cmd::run(AnalyzeCommand {
+            model: args.model,
+            input: args.input,
+            task: args.task,
+            limit: args.limit,
+            max_tokens: args.max_tokens,
+            ablate: args.ablate,
+            encoding: args.run.encoding(),
+            plan: args.run.plan(),
+            out: args.out,
+            quiet,
+        }),
     }
-    Ok(())
-}
-
-fn eval(args: EvalArgs, quiet: bool) -> Result<()> {
-    if args.list {
-        for name in harness::tasks::shipped_names() {
-            let task = harness::tasks::describe(name)?;
-            println!(
-                "{name:<16} {:<15} {}",
-                format!("{:?}", task.kind).to_lowercase(),
-                task.description
-            );
-        }
-        return Ok(());
-    }
-    // Tasks and their data first: a bad task file fails before the model loads.
-    let tasks = args
-        .task
-        .iter()
-        .map(|t| harness::tasks::load(t))
-        .collect::<Result<Vec<_>>>()?;
-    let ablate = parse_ablate(args.ablate.as_deref())?;
-    let mut opts = EvalOptions {
-        limit: args.limit,
-        seed: args.seed,
-        pool: args.pool,
-        center: args.center,
-        encoding: args.run.encoding(),
-        plan: args.run.plan(),
-        intervention: Intervention::default(),
-        use_cache: !args.no_cache,
-        resamples: args.resamples,
-        folds: args.folds,
-        quiet,
-    };
-    // Settings that cannot give a result fail before the model loads.
-    opts.check()?;
-    let model = load_model(args.model.as_deref().unwrap_or_default())?;
-    if let Some(a) = &ablate {
-        let progress = Progress::new("ablation", "tokens", quiet);
-        let (blocks, rule) =
-            analyze::ablation_blocks(&model, a, opts.encoding, opts.plan, &progress)?;
-        eprintln!("ablating the first token's MLP output in block(s) {blocks:?} ({rule})");
-        opts.intervention = Intervention {
-            ablate_first_mlp: blocks,
-        };
-    }
-    let _locks = harness::commands::eval::lock_results(&args.out, &model, &tasks, &opts)?;
-    let results = harness::commands::eval::evaluate(&model, &tasks, &opts)?;
-    for result in &results {
-        let task = format!("task {}: ", result.task.name);
-        warn_truncated(&task, result.truncated(), &model);
-        let path = harness::results::eval::write_result(&args.out, result)?;
-        print!("{}", harness::report::eval_table(result));
-        println!("wrote {}\n", path.display());
-    }
-    if results.len() > 1 {
-        print!("{}", harness::report::eval_summary(&results));
-    }
-    Ok(())
-}
-
-fn analyze(args: AnalyzeArgs, quiet: bool) -> Result<()> {
-    // Parsed here rather than by clap, so a bad value is one line like every error.
-    let ablate = parse_ablate(args.ablate.as_deref())?;
-    let (prompts, source) = match (&args.input, &args.task) {
-        (Some(path), _) => analyze::file_prompts(path, args.limit)?,
-        (None, Some(task)) => analyze::task_prompts(&harness::tasks::load(task)?, args.limit)?,
-        (None, None) => analyze::austen_prompts(
-            args.limit.unwrap_or(analyze::DEFAULT_PROMPTS),
-            args.max_tokens,
-        )?,
-    };
-    let loaded = load_model(&args.model)?;
-    let _lock = harness::results::analyze::lock_result(&args.out, &loaded.source.name)?;
-    let opts = AnalyzeOptions {
-        encoding: args.run.encoding(),
-        max_tokens: args.max_tokens,
-        plan: args.run.plan(),
-        ablate,
-        source,
-    };
-    let progress = Progress::new("analyze", "tokens", quiet);
-    let result = analyze::run(&loaded, &prompts, &opts, &progress)?;
-    let path = result.save(&args.out)?;
-    print!("{}", harness::report::analyze_table(&result));
-    eprintln!("wrote {} ({:.1}s)", path.display(), result.settings.seconds);
-    Ok(())
-}
-
-/// Loads a model, passing on what the loader has to say about its checkpoint.
-fn load_model(spec: &str) -> Result<harness::model::source::LoadedModel> {
-    let loaded = harness::model::source::load(spec)?;
-    for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
-    }
-    Ok(loaded)
-}
-
-/// The warning `--truncate` owes when it cut texts; `what` says whose.
-fn warn_truncated(what: &str, count: usize, model: &harness::model::source::LoadedModel) {
-    if count > 0 {
-        eprintln!(
-            "warning: {what}{count} text(s) were cut to the model's context of {} tokens",
-            model.model.config.context_length
-        );
-    }
-}
-
-fn parse_ablate(value: Option<&str>) -> Result<Option<Ablate>> {
-    value.map(str::parse::<Ablate>).transpose()
 }

@@ -412,11 +412,7 @@ fn eval_list_names_every_shipped_task_with_its_kind() {
         let task = harness::tasks::describe(name).unwrap();
         let words: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(words[0], *name, "{line}");
-        assert_eq!(
-            words[1],
-            format!("{:?}", task.kind).to_lowercase(),
-            "{line}"
-        );
+        assert_eq!(words[1], task.kind().to_string(), "{line}");
         assert!(line.ends_with(&task.description), "{line}");
     }
 }

@@ -117,7 +117,7 @@ fn shipped_tasks_run_on(model: &str) {
         let out = evaluate(&loaded, tasks, &opts(*limit)).unwrap();
         assert_eq!(out.len(), tasks.len());
         // Texts shared by several tasks are embedded in one pass before any runs.
-        if tasks[0].spec.kind.is_embedding() {
+        if tasks[0].spec.kind().is_embedding() {
             assert!(out[0].timings.shared_forward_s > 0.0);
         }
         results.extend(out);
@@ -901,12 +901,12 @@ fn seed_chooses_the_subset_and_the_same_seed_repeats_it() {
     let task_path = write(&dir, "reviews.toml", &documented_example());
     write_reviews(&dir.join("reviews.csv"), 60);
     let task = tasks::load(&task_path).unwrap();
-    let opts = |limit: Option<usize>, seed: u64| EvalOptions {
+    let opts = |limit: Option<usize>, seed: u64| tasks::TaskOptions {
         limit,
         seed,
-        ..EvalOptions::default()
+        ..tasks::TaskOptions::default()
     };
-    let texts = |limit, seed| tasks::classification::texts(&task, &opts(limit, seed)).unwrap();
+    let texts = |limit, seed| task.texts(&opts(limit, seed)).unwrap();
     let all = texts(None, 0);
     assert_eq!(all.len(), 48);
     for seed in [0, 1, 7] {
@@ -1069,8 +1069,7 @@ fn dedupe_drops_repeats_and_conflicting_texts() {
         "text,label\ngreat,pos\nawful,neg\ngreat,pos\nfine,pos\nfine,neg\nlovely,pos\nbad,neg\nawful,neg\n",
     );
     let labels = "text = \"text\"\ncolumn = \"label\"\n";
-    let texts =
-        |t: &tasks::LoadedTask| tasks::classification::texts(t, &EvalOptions::default()).unwrap();
+    let texts = |t: &tasks::LoadedTask| t.texts(&tasks::TaskOptions::default()).unwrap();
     let kept = data_task(&dir, "kept", "rows.csv", "", labels);
     assert_eq!(
         texts(&kept),

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use harness::commands::eval::{Env, EvalOptions};
 use harness::embeddings::pool::{Pool, Pooled, PooledCapture};
+use harness::embeddings::session::{Session, SessionOptions};
 
 /// The system allocator, keeping the bytes in use now and their highest mark.
 struct Counting;
@@ -71,12 +71,12 @@ fn peak_during<R>(f: impl FnOnce() -> R) -> (usize, R) {
 fn pooled_vectors_are_held_once_and_land_in_the_right_rows() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
     let model = harness::model::source::load(&dir.display().to_string()).unwrap();
-    let opts = EvalOptions {
+    let opts = SessionOptions {
         use_cache: false,
         quiet: true,
-        ..EvalOptions::default()
+        ..SessionOptions::default()
     };
-    let mut env = Env::new(&model, &opts).unwrap();
+    let mut session = Session::new(&model, opts).unwrap();
     // Many short texts, so the vectors dwarf every per-text cost and one batch's
     // activations; every pooling, a repeated text and a reordered subset, as the
     // requests of several tasks give.
@@ -95,7 +95,8 @@ fn pooled_vectors_are_held_once_and_land_in_the_right_rows() {
     let rows: usize = requests.iter().map(|(t, _)| t.len()).sum();
     let kept = rows * (depth + 1) * hidden * std::mem::size_of::<f32>();
 
-    let (peak, done) = peak_during(|| env.prefetch(&requests));
+    let borrowed: Vec<(&[String], Pool)> = requests.iter().map(|(t, p)| (&t[..], *p)).collect();
+    let (peak, done) = peak_during(|| session.prefetch(&borrowed));
     done.unwrap();
     // Token ids, the texts' index and one batch's activations come to about a third
     // of the vectors here; a second copy of the vectors would at least double them.
@@ -105,9 +106,9 @@ fn pooled_vectors_are_held_once_and_land_in_the_right_rows() {
     );
 
     // The same pass over the distinct texts, every pooling, one row per text.
-    let seqs = env.encode(&texts).unwrap();
+    let seqs = session.encode(&texts).unwrap();
     let mut plain = PooledCapture::new(&Pool::ALL, texts.len(), depth, hidden);
-    env.run_capture(&seqs, &mut plain, "embed").unwrap();
+    session.run_capture(&seqs, &mut plain, "embed").unwrap();
     let plain: HashMap<Pool, Pooled> = plain.into_pooled().into_iter().collect();
     let position: HashMap<&str, usize> = texts
         .iter()
@@ -115,7 +116,7 @@ fn pooled_vectors_are_held_once_and_land_in_the_right_rows() {
         .map(|(i, t)| (t.as_str(), i))
         .collect();
     for (texts, pool) in &requests {
-        let got = env.embeddings(texts, *pool).unwrap();
+        let got = session.embeddings(texts, *pool).unwrap();
         let rows: Vec<usize> = texts.iter().map(|t| position[t.as_str()]).collect();
         assert!(
             got.data == plain[pool].select(&rows).data,

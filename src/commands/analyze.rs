@@ -15,7 +15,6 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use crate::commands::eval::EvalOptions;
 use crate::diagnostics::{self, AttentionMetrics, ResidMetrics};
 use crate::embeddings::encode::{self, Encoding};
 use crate::io::progress::Progress;
@@ -26,7 +25,7 @@ use crate::model::{Intervention, Transformer};
 use crate::results::analyze::{
     AblationResult, AnalyzeResult, LayerStats, Phases, Settings, Span, Stat, SCHEMA,
 };
-use crate::tasks::LoadedTask;
+use crate::tasks::{LoadedTask, TaskOptions};
 
 /// Prompts taken from the Austen paragraphs when none are given.
 pub const DEFAULT_PROMPTS: usize = 64;
@@ -84,9 +83,7 @@ impl Ablate {
     /// Fails unless every block given exists in a model of `depth` blocks.
     pub fn check(&self, depth: usize) -> Result<()> {
         if let Self::Blocks(blocks) = self {
-            if let Some(b) = blocks.iter().find(|&&b| b == 0 || b > depth) {
-                bail!("cannot ablate block {b}: this model's blocks are numbered 1..={depth}");
-            }
+            crate::model::check_ablated_blocks(blocks, depth)?;
         }
         Ok(())
     }
@@ -163,9 +160,9 @@ pub fn file_prompts(path: &Path, limit: Option<usize>) -> Result<(Vec<String>, S
 
 /// Prompts from a task's texts (its default example cap unless `limit` is given).
 pub fn task_prompts(task: &LoadedTask, limit: Option<usize>) -> Result<(Vec<String>, String)> {
-    let opts = EvalOptions {
+    let opts = TaskOptions {
         limit,
-        ..EvalOptions::default()
+        ..TaskOptions::default()
     };
     let texts = task.texts(&opts)?;
     let source = format!(

@@ -1,19 +1,19 @@
 //! `harness eval`: runs tasks on a model and says, layer by layer, how good the
 //! representation is for each task and at which depth it peaks.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::embeddings::cache::{CacheKey, EmbeddingCache};
+use crate::commands::analyze;
+use crate::commands::{load_model, parse_ablate, warn_truncated};
 use crate::embeddings::encode::{self, Encoding};
-use crate::embeddings::pool::{Pool, Pooled, PooledCapture};
+use crate::embeddings::pool::Pool;
+use crate::embeddings::session::{Session, SessionOptions};
 use crate::io::output::WriteLock;
 use crate::io::progress::Progress;
-use crate::model::capture::{self, BatchPlan, Capture};
+use crate::model::capture::BatchPlan;
 use crate::model::source::LoadedModel;
 use crate::model::Intervention;
 use crate::results::eval::{
@@ -23,7 +23,7 @@ use crate::results::eval::{
 use crate::results::lock_result;
 use crate::stats::metrics;
 use crate::stats::scores::Scored;
-use crate::tasks::LoadedTask;
+use crate::tasks::{self, LoadedTask, PreparedTask, TaskOptions};
 
 /// Peaks at or beyond this relative depth are in the paper's Refine phase (late
 /// layers), not the middle.
@@ -73,160 +73,46 @@ impl EvalOptions {
         }
         Ok(())
     }
+
+    /// What every task takes from these settings.
+    pub fn tasks(&self) -> TaskOptions {
+        TaskOptions {
+            limit: self.limit,
+            seed: self.seed,
+            pool: self.pool,
+            center: self.center,
+            folds: self.folds,
+        }
+    }
+
+    /// How the run's session drives the model.
+    pub fn session(&self) -> SessionOptions {
+        SessionOptions {
+            encoding: self.encoding,
+            plan: self.plan,
+            intervention: self.intervention.clone(),
+            use_cache: self.use_cache,
+            quiet: self.quiet,
+        }
+    }
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
+        let (tasks, session) = (TaskOptions::default(), SessionOptions::default());
         Self {
-            limit: None,
-            seed: 0,
-            pool: None,
-            center: None,
-            encoding: Encoding {
-                bos: crate::model::tokenizer::BosPolicy::Auto,
-                truncate: false,
-            },
-            plan: BatchPlan::default(),
-            intervention: Intervention::default(),
-            use_cache: true,
+            limit: tasks.limit,
+            seed: tasks.seed,
+            pool: tasks.pool,
+            center: tasks.center,
+            encoding: session.encoding,
+            plan: session.plan,
+            intervention: session.intervention,
+            use_cache: session.use_cache,
             resamples: 1000,
-            folds: None,
-            quiet: false,
+            folds: tasks.folds,
+            quiet: session.quiet,
         }
-    }
-}
-
-/// What tasks may use while they run: the model, cached embeddings and forward passes.
-pub struct Env<'a> {
-    pub model: &'a LoadedModel,
-    pub opts: &'a EvalOptions,
-    cache: Option<EmbeddingCache>,
-    fingerprint: String,
-    memo: HashMap<String, Arc<Pooled>>,
-    /// Seconds spent in forward passes.
-    pub forward_seconds: f64,
-    /// Tokens run through the model.
-    pub tokens: usize,
-    /// Embedding sets served from the cache.
-    pub cache_hits: usize,
-}
-
-impl<'a> Env<'a> {
-    pub fn new(model: &'a LoadedModel, opts: &'a EvalOptions) -> Result<Self> {
-        Ok(Self {
-            model,
-            opts,
-            cache: if opts.use_cache {
-                Some(EmbeddingCache::open()?)
-            } else {
-                None
-            },
-            fingerprint: model.fingerprint(opts.use_cache)?,
-            memo: HashMap::new(),
-            forward_seconds: 0.0,
-            tokens: 0,
-            cache_hits: 0,
-        })
-    }
-
-    fn key(&self, texts: &[String], pool: Pool) -> String {
-        CacheKey {
-            model: &self.fingerprint,
-            pool,
-            bos: self.opts.encoding.bos.to_string(),
-            truncate: self.opts.encoding.truncate,
-            ablate: &self.opts.intervention.ablate_first_mlp,
-            texts,
-        }
-        .digest()
-    }
-
-    /// Makes sure every request is embedded, running one shared forward pass over
-    /// the union of the texts that are not cached yet.
-    pub fn prefetch(&mut self, requests: &[(Vec<String>, Pool)]) -> Result<()> {
-        let mut missing: Vec<(String, &[String], Pool)> = Vec::new();
-        for (texts, pool) in requests {
-            let key = self.key(texts, *pool);
-            if self.memo.contains_key(&key) || missing.iter().any(|(k, _, _)| *k == key) {
-                continue;
-            }
-            let cfg = &self.model.model.config;
-            let shape = [texts.len(), cfg.num_layers + 1, cfg.hidden_size];
-            if let Some(hit) = self.cache.as_ref().and_then(|c| c.load(&key, shape)) {
-                self.cache_hits += 1;
-                self.memo.insert(key, Arc::new(hit));
-            } else {
-                missing.push((key, texts, *pool));
-            }
-        }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut union: Vec<String> = Vec::new();
-        let mut gather = Vec::with_capacity(missing.len());
-        for (_, texts, pool) in &missing {
-            let rows = texts
-                .iter()
-                .map(|t| {
-                    *index.entry(t.as_str()).or_insert_with(|| {
-                        union.push(t.clone());
-                        union.len() - 1
-                    })
-                })
-                .collect();
-            gather.push((*pool, rows));
-        }
-        // Tokenize before the vectors are allocated, so the tokenizer's transient
-        // buffers do not add to the run's peak.
-        let seqs = self.encode(&union)?;
-        let cfg = &self.model.model.config;
-        let mut cap = PooledCapture::gather(gather, union.len(), cfg.num_layers, cfg.hidden_size);
-        self.run_capture(&seqs, &mut cap, "embed")?;
-        for ((key, _, _), (_, pooled)) in missing.into_iter().zip(cap.into_pooled()) {
-            if let Some(cache) = &self.cache {
-                cache.store(&key, &pooled)?;
-            }
-            self.memo.insert(key, Arc::new(pooled));
-        }
-        Ok(())
-    }
-
-    /// Pooled embeddings `[texts, layers, hidden]` of `texts`.
-    pub fn embeddings(&mut self, texts: &[String], pool: Pool) -> Result<Arc<Pooled>> {
-        let key = self.key(texts, pool);
-        if !self.memo.contains_key(&key) {
-            self.prefetch(&[(texts.to_vec(), pool)])?;
-        }
-        Ok(self.memo[&key].clone())
-    }
-
-    /// Tokenizes with the run's BOS policy, refusing or cutting over-long texts.
-    pub fn encode(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
-        Ok(encode::encode(self.model, texts, self.opts.encoding)?.seqs)
-    }
-
-    /// Runs a forward pass over `seqs` with the run's batching and intervention.
-    pub fn run_capture(
-        &mut self,
-        seqs: &[Vec<u32>],
-        capture: &mut dyn Capture,
-        label: &str,
-    ) -> Result<()> {
-        let start = Instant::now();
-        let progress = Progress::new(label, "tokens", self.opts.quiet);
-        capture::run(
-            &self.model.model,
-            seqs,
-            self.model.tokenizer.pad_id(),
-            self.opts.plan,
-            &self.opts.intervention,
-            capture,
-            &progress,
-        )?;
-        self.forward_seconds += start.elapsed().as_secs_f64();
-        self.tokens += seqs.iter().map(Vec::len).sum::<usize>();
-        Ok(())
     }
 }
 
@@ -239,40 +125,45 @@ pub fn evaluate(
 ) -> Result<Vec<EvalResult>> {
     opts.check()?;
     let start = Instant::now();
-    let mut env = Env::new(model, opts)?;
-    let mut requests = Vec::new();
-    for t in tasks {
-        requests.extend(t.embedding_requests(opts)?);
-    }
-    env.prefetch(&requests)?;
+    let mut session = Session::new(model, opts.session())?;
+    let task_opts = opts.tasks();
+    let prepared = tasks
+        .iter()
+        .map(|t| t.prepare(&task_opts))
+        .collect::<Result<Vec<_>>>()?;
+    let requests: Vec<_> = prepared
+        .iter()
+        .filter_map(PreparedTask::embedding_request)
+        .collect();
+    session.prefetch(&requests)?;
     // The shared pass serves every embedding task; each result records it.
-    let shared_forward_s = env.forward_seconds;
+    let shared_forward_s = session.forward_seconds;
     let mut results = Vec::new();
-    for task in tasks {
+    for task in &prepared {
         let task_start = Instant::now();
-        let forward_before = env.forward_seconds;
-        let mut scored = task.run(&mut env)?;
+        let forward_before = session.forward_seconds;
+        let mut scored = task.run(&mut session)?;
         if opts.encoding.truncate {
             // Counted from the texts rather than during the forward pass, which a
             // cached run skips.
-            let cut = encode::encode(model, &task.texts(opts)?, opts.encoding)?.truncated;
+            let cut = encode::encode(model, task.texts(), opts.encoding)?.truncated;
             scored
                 .info
                 .insert("truncated".into(), serde_json::json!(cut));
         }
-        let forward_s = env.forward_seconds - forward_before;
+        let forward_s = session.forward_seconds - forward_before;
         let score_s = task_start.elapsed().as_secs_f64() - forward_s;
         let timings = Timings {
             shared_forward_s,
             forward_s,
             score_s,
             total_s: start.elapsed().as_secs_f64(),
-            tokens: env.tokens,
-            cache_hits: env.cache_hits,
+            tokens: session.tokens,
+            cache_hits: session.cache_hits,
         };
         results.push(summarize(
             model,
-            &env.fingerprint,
+            session.fingerprint(),
             task,
             scored,
             opts,
@@ -383,24 +274,24 @@ pub fn curve(scored: &Scored, embedding: bool, opts: &EvalOptions) -> Curve {
 fn summarize(
     model: &LoadedModel,
     fingerprint: &str,
-    task: &LoadedTask,
+    prepared: &PreparedTask,
     scored: Scored,
     opts: &EvalOptions,
     timings: Timings,
 ) -> Result<EvalResult> {
+    let (task, settings) = (prepared.task, &prepared.settings);
+    let kind = task.spec.kind();
     let n = scored.main.items();
     if n == 0 {
         bail!("task {} has no items to score", task.spec.name);
     }
-    let curve = curve(&scored, task.spec.kind.is_embedding(), opts);
+    let curve = curve(&scored, kind.is_embedding(), opts);
     let mut info = scored.info;
     info.insert(
         "chance".into(),
         serde_json::to_value(&scored.chance).context("serialising the chance level")?,
     );
     let cfg = &model.model.config;
-    let pool = task.spec.kind.is_embedding().then(|| task.pool(opts.pool));
-    let center = task.is_cosine().then(|| task.center(opts.center));
     Ok(EvalResult {
         schema: SCHEMA.into(),
         model: ModelSummary {
@@ -412,7 +303,7 @@ fn summarize(
         },
         task: TaskSummary {
             name: task.spec.name.clone(),
-            kind: task.spec.kind,
+            kind,
             metric: scored.metric.name.into(),
             higher_is_better: scored.metric.higher_is_better,
             description: task.spec.description.clone(),
@@ -420,12 +311,12 @@ fn summarize(
             source: task.spec.data.source.clone(),
             items: scored.items.into(),
             n_items: n,
-            pool,
-            center,
+            pool: settings.pool,
+            center: settings.center,
         },
         settings: Settings {
             seed: opts.seed,
-            limit: task.limit(opts.limit),
+            limit: settings.limit,
             bos: opts.encoding.bos.to_string(),
             truncate: opts.encoding.truncate,
             ablate: opts.intervention.ablate_first_mlp.clone(),
@@ -468,6 +359,71 @@ pub fn lock_results(
             ))
         })
         .collect()
+}
+
+/// What `harness eval` was asked to do.
+#[derive(Debug, Clone)]
+pub struct EvalCommand {
+    /// Shipped task names or paths to task files.
+    pub tasks: Vec<String>,
+    pub model: String,
+    /// `--ablate` as given: `auto` or block numbers.
+    pub ablate: Option<String>,
+    /// Results directory.
+    pub out: PathBuf,
+    /// The run's settings; its intervention is filled in from `ablate`.
+    pub opts: EvalOptions,
+}
+
+/// `harness eval --list`: the shipped tasks with their kinds and descriptions.
+pub fn list() -> Result<()> {
+    for name in tasks::shipped_names() {
+        let task = tasks::describe(name)?;
+        println!("{name:<16} {:<15} {}", task.kind(), task.description);
+    }
+    Ok(())
+}
+
+/// `harness eval`: scores the tasks, writes one result per task and prints the tables.
+pub fn run(cmd: EvalCommand) -> Result<()> {
+    let EvalCommand {
+        tasks,
+        model,
+        ablate,
+        out,
+        mut opts,
+    } = cmd;
+    // Tasks and their data first: a bad task file fails before the model loads.
+    let tasks = tasks
+        .iter()
+        .map(|t| tasks::load(t))
+        .collect::<Result<Vec<_>>>()?;
+    let ablate = parse_ablate(ablate.as_deref())?;
+    // Settings that cannot give a result fail before the model loads.
+    opts.check()?;
+    let model = load_model(&model)?;
+    if let Some(a) = &ablate {
+        let progress = Progress::new("ablation", "tokens", opts.quiet);
+        let (blocks, rule) =
+            analyze::ablation_blocks(&model, a, opts.encoding, opts.plan, &progress)?;
+        eprintln!("ablating the first token's MLP output in block(s) {blocks:?} ({rule})");
+        opts.intervention = Intervention {
+            ablate_first_mlp: blocks,
+        };
+    }
+    let _locks = lock_results(&out, &model, &tasks, &opts)?;
+    let results = evaluate(&model, &tasks, &opts)?;
+    for result in &results {
+        let task = format!("task {}: ", result.task.name);
+        warn_truncated(&task, result.truncated(), &model);
+        let path = crate::results::eval::write_result(&out, result)?;
+        print!("{}", crate::report::eval_table(result));
+        println!("wrote {}\n", path.display());
+    }
+    if results.len() > 1 {
+        print!("{}", crate::report::eval_summary(&results));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,39 @@
-//! The commands' drivers: what `harness embed`, `eval` and `analyze` do between
-//! parsed arguments and written results.
+//! The commands' drivers: what `harness inspect`, `embed`, `eval`, `analyze` and
+//! `report` do between parsed arguments and written results.
 
 pub mod analyze;
+pub mod analyze_cmd;
+pub mod embed;
 pub mod eval;
+pub mod inspect;
+pub mod report;
+
+use anyhow::Result;
+
+use crate::model::source::{self, LoadedModel};
+use analyze::Ablate;
+
+/// Loads a model, passing on what the loader has to say about its checkpoint.
+pub fn load_model(spec: &str) -> Result<LoadedModel> {
+    let loaded = source::load(spec)?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(loaded)
+}
+
+/// The warning `--truncate` owes when it cut texts; `what` says whose.
+pub fn warn_truncated(what: &str, count: usize, model: &LoadedModel) {
+    if count > 0 {
+        eprintln!(
+            "warning: {what}{count} text(s) were cut to the model's context of {} tokens",
+            model.model.config.context_length
+        );
+    }
+}
+
+/// `--ablate` as given; parsed by the drivers rather than by clap, so that a bad
+/// value is one line like every error, in its place among the others.
+pub fn parse_ablate(value: Option<&str>) -> Result<Option<Ablate>> {
+    value.map(str::parse::<Ablate>).transpose()
+}

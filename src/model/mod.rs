@@ -77,6 +77,15 @@ pub struct Intervention {
     pub ablate_first_mlp: Vec<usize>,
 }
 
+/// Fails unless every block in `blocks` exists in a model of `depth` blocks: the one
+/// check, and wording, of `--ablate` and of [`Intervention::ablate_first_mlp`].
+pub fn check_ablated_blocks(blocks: &[usize], depth: usize) -> Result<()> {
+    if let Some(b) = blocks.iter().find(|&&b| b == 0 || b > depth) {
+        bail!("cannot ablate block {b}: this model's blocks are numbered 1..={depth}");
+    }
+    Ok(())
+}
+
 impl Transformer {
     /// Assembles an architecture's parts; the block count must match the configuration.
     pub fn new(p: TransformerParts) -> Result<Self> {
@@ -116,16 +125,7 @@ impl Transformer {
         let (b, t) = (batch.size(), batch.len);
         let hidden = self.config.hidden_size;
         let depth = capture.depth().min(self.num_layers());
-        if let Some(&l) = intervention
-            .ablate_first_mlp
-            .iter()
-            .find(|&&l| l == 0 || l > self.num_layers())
-        {
-            bail!(
-                "cannot ablate layer {l}: blocks are numbered 1..={}",
-                self.num_layers()
-            );
-        }
+        check_ablated_blocks(&intervention.ablate_first_mlp, self.num_layers())?;
         let device = Device::Cpu;
         let ids = batch.ids.flatten_all()?;
         let mut x = self.embed.embedding(&ids)?;

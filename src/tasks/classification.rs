@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::LoadedTask;
-use crate::commands::eval::{Env, EvalOptions};
+use super::{LoadedTask, Settings};
+use crate::embeddings::pool::Pool;
+use crate::embeddings::session::Session;
 use crate::probe::{self, ProbeConfig};
 use crate::stats::metrics;
 use crate::stats::sampling::subset;
@@ -55,22 +56,42 @@ pub struct Examples {
     pub dropped_labels: BTreeMap<String, usize>,
 }
 
+/// A probe task's examples and probe, ready to run.
+pub struct Prepared {
+    /// The examples left once the classes too rare for the folds are dropped.
+    pub examples: Examples,
+    /// The texts before those classes were dropped: what `--truncate` counts over.
+    pub texts: Vec<String>,
+    /// The classes dropped as too rare.
+    pub rare: Vec<String>,
+    pub probe: ProbeConfig,
+}
+
 /// Reads texts and classes from the task's table, takes the seeded subset and drops
-/// classes too rare for the cross-validation folds.
-pub fn examples(task: &LoadedTask, opts: &EvalOptions) -> Result<(Examples, Vec<String>)> {
-    let mut ex = labelled(task, task.limit(opts.limit), opts.seed)?;
-    let rare = ex.drop_rare_classes(min_class_size(&probe_config(task, opts)?))?;
-    Ok((ex, rare))
+/// classes too rare for the cross-validation folds (`folds` from the command line).
+pub fn prepare(
+    task: &LoadedTask,
+    spec: &LabelSpec,
+    probe: Option<&ProbeSpec>,
+    settings: &Settings,
+    folds: Option<usize>,
+) -> Result<Prepared> {
+    let mut examples = labelled(task, spec, settings)?;
+    let probe = probe_config(task, probe, settings.seed, folds)?;
+    let texts = examples.texts.clone();
+    let rare = examples.drop_rare_classes(min_class_size(&probe))?;
+    Ok(Prepared {
+        examples,
+        texts,
+        rare,
+        probe,
+    })
 }
 
-/// The texts of the labelled subset, before the rare classes that cross-validation
-/// cannot use are dropped: what `analyze --task` reads.
-pub fn texts(task: &LoadedTask, opts: &EvalOptions) -> Result<Vec<String>> {
-    Ok(labelled(task, task.limit(opts.limit), opts.seed)?.texts)
-}
-
-fn labelled(task: &LoadedTask, limit: Option<usize>, seed: u64) -> Result<Examples> {
-    let spec = task.spec.labels.as_ref().expect("checked at parse time");
+/// The labelled, seeded subset, before the rare classes that cross-validation cannot
+/// use are dropped.
+pub fn labelled(task: &LoadedTask, spec: &LabelSpec, settings: &Settings) -> Result<Examples> {
+    let (limit, seed) = (settings.limit, settings.seed);
     let table = &task.table;
     table.require(&spec.text)?;
     table.require(&spec.column)?;
@@ -168,8 +189,8 @@ fn labelled(task: &LoadedTask, limit: Option<usize>, seed: u64) -> Result<Exampl
 }
 
 impl Examples {
-    /// Drops classes with fewer than `min` examples (see [`min_class_size`]),
-    /// renumbering the rest; returns the names of the classes dropped.
+    /// Drops classes with fewer than `min` examples (what the folds need), renumbering
+    /// the rest; returns the names of the classes dropped.
     pub fn drop_rare_classes(&mut self, min: usize) -> Result<Vec<String>> {
         let mut counts = vec![0usize; self.classes.len()];
         self.labels.iter().for_each(|&l| counts[l] += 1);
@@ -237,13 +258,18 @@ fn min_class_size(cfg: &ProbeConfig) -> usize {
         .unwrap_or(cfg.folds)
 }
 
-/// The probe settings for this task and run.
-fn probe_config(task: &LoadedTask, opts: &EvalOptions) -> Result<ProbeConfig> {
+/// The probe settings for this task and run: `--folds` over the task's `[probe]`.
+fn probe_config(
+    task: &LoadedTask,
+    spec: Option<&ProbeSpec>,
+    seed: u64,
+    folds: Option<usize>,
+) -> Result<ProbeConfig> {
     let mut cfg = ProbeConfig {
-        seed: opts.seed,
+        seed,
         ..ProbeConfig::default()
     };
-    if let Some(p) = &task.spec.probe {
+    if let Some(p) = spec {
         if let Some(folds) = p.folds {
             cfg.folds = folds;
         }
@@ -251,13 +277,13 @@ fn probe_config(task: &LoadedTask, opts: &EvalOptions) -> Result<ProbeConfig> {
             cfg.c_grid = grid.clone();
         }
     }
-    if let Some(folds) = opts.folds {
+    if let Some(folds) = folds {
         cfg.folds = folds;
     }
     // Checked here, before anything is sized by it: with fewer than two folds no
     // example is ever held out, and no class size satisfies `min_class_size`.
     if cfg.folds < 2 {
-        let given = match opts.folds {
+        let given = match folds {
             Some(_) => "--folds".to_string(),
             None => format!("[probe] folds in {}", task.origin),
         };
@@ -269,19 +295,23 @@ fn probe_config(task: &LoadedTask, opts: &EvalOptions) -> Result<ProbeConfig> {
     Ok(cfg)
 }
 
-pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
-    let (ex, rare) = examples(task, env.opts)?;
-    let pool = task.pool(env.opts.pool);
-    let pooled = env.embeddings(&ex.texts, pool)?;
-    let cfg = probe_config(task, env.opts)?;
+/// Fits and scores a probe at every layer of the examples' embeddings.
+pub fn run(prepared: &Prepared, pool: Pool, session: &mut Session) -> Result<Scored> {
+    let Prepared {
+        examples: ex,
+        rare,
+        probe: cfg,
+        ..
+    } = prepared;
+    let pooled = session.embeddings(&ex.texts, pool)?;
     let classes = ex.classes.len();
-    let progress = crate::io::progress::Progress::new("probe", "layers", env.opts.quiet);
+    let progress = crate::io::progress::Progress::new("probe", "layers", session.opts.quiet);
     progress.set_length(pooled.layers as u64);
     let mut correct = Vec::with_capacity(pooled.layers);
     let mut extra = Vec::with_capacity(pooled.layers);
     let mut unconverged = 0;
     for l in 0..pooled.layers {
-        let outcome = probe::evaluate(pooled.layer(l), &ex.labels, classes, &cfg)?;
+        let outcome = probe::evaluate(pooled.layer(l), &ex.labels, classes, cfg)?;
         unconverged += outcome.convergence.hit_max_iter;
         correct.push(
             outcome

@@ -10,8 +10,8 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::LoadedTask;
-use crate::commands::eval::{Env, EvalOptions};
+use super::{LoadedTask, Settings};
+use crate::embeddings::session::Session;
 use crate::model::capture::{Batch, Capture};
 use crate::model::kernels::with_f32;
 use crate::model::Transformer;
@@ -127,51 +127,124 @@ fn read(logits: &[f32], targets: &[u32]) -> LensReading {
 
 /// Runs the lens over `seqs`, returning readings `[layer][query]`.
 fn lens(
-    env: &mut Env,
+    session: &mut Session,
     seqs: &[Vec<u32>],
     queries: Vec<Vec<(usize, LensQuery)>>,
     total: usize,
 ) -> Result<Vec<Vec<LensReading>>> {
-    let layers = env.model.model.num_layers() + 1;
+    let layers = session.model.model.num_layers() + 1;
     let mut cap = LensCapture {
-        model: &env.model.model,
+        model: &session.model.model,
         queries,
         readings: vec![vec![LensReading::default(); total]; layers],
     };
-    env.run_capture(seqs, &mut cap, "lens")?;
+    session.run_capture(seqs, &mut cap, "lens")?;
     Ok(cap.readings)
 }
 
-pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
-    match task
-        .spec
-        .generation
-        .as_ref()
-        .expect("checked at parse time")
-    {
+/// A generation task's texts and what scoring them needs.
+pub struct Examples<'t> {
+    /// The documents, or the rendered prompts.
+    pub texts: Vec<String>,
+    mode: Mode<'t>,
+}
+
+enum Mode<'t> {
+    /// Tokens scored per document.
+    LanguageModel { window: usize },
+    /// The table rows of the prompts (for messages), the options and each row's
+    /// right option.
+    Choice {
+        rows: Vec<usize>,
+        choices: &'t [String],
+        answers: Vec<usize>,
+    },
+}
+
+/// Reads the seeded subset: documents, or prompts with their right answers.
+pub fn examples<'t>(
+    task: &LoadedTask,
+    spec: &'t GenerationSpec,
+    settings: &Settings,
+) -> Result<Examples<'t>> {
+    match spec {
         GenerationSpec::LanguageModel { text, max_tokens } => {
-            language_model(task, env, text, *max_tokens)
+            if *max_tokens < 2 {
+                bail!("max_tokens must be at least 2");
+            }
+            Ok(Examples {
+                texts: documents(task, text, settings)?,
+                mode: Mode::LanguageModel {
+                    window: *max_tokens,
+                },
+            })
         }
         GenerationSpec::Choice {
             prompt,
             choices,
             answer,
             answer_map,
-        } => choice(task, env, prompt, choices, answer, answer_map.as_ref()),
+        } => {
+            let table = &task.table;
+            table.require(answer)?;
+            if choices.len() < 2 {
+                bail!("a choice task needs at least two choices");
+            }
+            let rows = subset(table.len(), settings.limit, settings.seed);
+            let mut texts = Vec::with_capacity(rows.len());
+            let mut answers = Vec::with_capacity(rows.len());
+            for &row in &rows {
+                let value = table.text(row, answer)?;
+                let wanted = match answer_map {
+                    Some(map) => map.get(&value).cloned().ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{} row {}: answer '{value}' is not in answer_map",
+                            table.origin,
+                            row + 1
+                        )
+                    })?,
+                    None => value,
+                };
+                let Some(right) = choices.iter().position(|c| *c == wanted) else {
+                    bail!(
+                        "{} row {}: answer '{wanted}' is not one of the choices",
+                        table.origin,
+                        row + 1
+                    );
+                };
+                answers.push(right);
+                texts.push(render(prompt, task, row)?);
+            }
+            Ok(Examples {
+                texts,
+                mode: Mode::Choice {
+                    rows,
+                    choices,
+                    answers,
+                },
+            })
+        }
+    }
+}
+
+/// Scores the examples through the logit lens at every layer.
+pub fn run(task: &LoadedTask, ex: &Examples, session: &mut Session) -> Result<Scored> {
+    match &ex.mode {
+        Mode::LanguageModel { window } => language_model(task, session, &ex.texts, *window),
+        Mode::Choice {
+            rows,
+            choices,
+            answers,
+        } => choice(task, session, &ex.texts, rows, choices, answers),
     }
 }
 
 /// The texts a generation task feeds the model: its documents, or its rendered prompts.
-pub fn texts(task: &LoadedTask, opts: &EvalOptions) -> Result<Vec<String>> {
-    match task
-        .spec
-        .generation
-        .as_ref()
-        .expect("checked at parse time")
-    {
-        GenerationSpec::LanguageModel { text, .. } => documents(task, text, opts),
+pub fn texts(task: &LoadedTask, spec: &GenerationSpec, settings: &Settings) -> Result<Vec<String>> {
+    match spec {
+        GenerationSpec::LanguageModel { text, .. } => documents(task, text, settings),
         GenerationSpec::Choice { prompt, .. } => {
-            subset(task.table.len(), task.limit(opts.limit), opts.seed)
+            subset(task.table.len(), settings.limit, settings.seed)
                 .into_iter()
                 .map(|row| render(prompt, task, row))
                 .collect()
@@ -179,27 +252,28 @@ pub fn texts(task: &LoadedTask, opts: &EvalOptions) -> Result<Vec<String>> {
     }
 }
 
-fn documents(task: &LoadedTask, column: &str, opts: &EvalOptions) -> Result<Vec<String>> {
+fn documents(task: &LoadedTask, column: &str, settings: &Settings) -> Result<Vec<String>> {
     task.table.require(column)?;
-    subset(task.table.len(), task.limit(opts.limit), opts.seed)
+    subset(task.table.len(), settings.limit, settings.seed)
         .into_iter()
         .map(|r| task.table.text(r, column))
         .collect()
 }
 
-fn language_model(task: &LoadedTask, env: &mut Env, column: &str, window: usize) -> Result<Scored> {
+fn language_model(
+    task: &LoadedTask,
+    session: &mut Session,
+    texts: &[String],
+    window: usize,
+) -> Result<Scored> {
     let table = &task.table;
-    if window < 2 {
-        bail!("max_tokens must be at least 2");
-    }
-    let texts = documents(task, column, env.opts)?;
-    let seqs: Vec<Vec<u32>> = env
+    let seqs: Vec<Vec<u32>> = session
         .model
         .tokenizer
-        .encode_batch(&texts, env.opts.encoding.bos)?
+        .encode_batch(texts, session.opts.encoding.bos)?
         .into_iter()
         .map(|mut s| {
-            s.truncate(window.min(env.model.model.config.context_length));
+            s.truncate(window.min(session.model.model.config.context_length));
             s
         })
         .filter(|s| s.len() >= 2)
@@ -227,7 +301,7 @@ fn language_model(task: &LoadedTask, env: &mut Env, column: &str, window: usize)
         .collect();
     let tokens: Vec<f64> = seqs.iter().map(|s| (s.len() - 1) as f64).collect();
     let spans: Vec<(usize, usize)> = queries.iter().map(|q| (q[0].0, q[0].0 + q.len())).collect();
-    let readings = lens(env, &seqs, queries, total)?;
+    let readings = lens(session, &seqs, queries, total)?;
     let mut nll = Vec::with_capacity(readings.len());
     let mut extra = Vec::with_capacity(readings.len());
     for layer in &readings {
@@ -330,48 +404,22 @@ fn score_choices(
 
 fn choice(
     task: &LoadedTask,
-    env: &mut Env,
-    prompt: &str,
+    session: &mut Session,
+    prompts: &[String],
+    rows: &[usize],
     choices: &[String],
-    answer: &str,
-    answer_map: Option<&BTreeMap<String, String>>,
+    answers: &[usize],
 ) -> Result<Scored> {
     let table = &task.table;
-    table.require(answer)?;
-    if choices.len() < 2 {
-        bail!("a choice task needs at least two choices");
-    }
-    let rows = subset(table.len(), task.limit(env.opts.limit), env.opts.seed);
-    let tok = &env.model.tokenizer;
-    let bos = env.opts.encoding.bos;
+    let tok = &session.model.tokenizer;
+    let bos = session.opts.encoding.bos;
     let mut seqs: Vec<Vec<u32>> = Vec::new();
     let mut queries: Vec<Vec<(usize, LensQuery)>> = Vec::new();
     // Per example, per choice: the query indices whose log-probabilities add up.
     let mut parts: Vec<Vec<Vec<usize>>> = Vec::new();
-    let mut answers = Vec::new();
     let mut total = 0;
-    for &row in &rows {
-        let value = table.text(row, answer)?;
-        let wanted = match answer_map {
-            Some(map) => map.get(&value).cloned().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "{} row {}: answer '{value}' is not in answer_map",
-                    table.origin,
-                    row + 1
-                )
-            })?,
-            None => value,
-        };
-        let Some(right) = choices.iter().position(|c| *c == wanted) else {
-            bail!(
-                "{} row {}: answer '{wanted}' is not one of the choices",
-                table.origin,
-                row + 1
-            );
-        };
-        answers.push(right);
-        let text = render(prompt, task, row)?;
-        let head = tok.encode(&text, bos)?;
+    for (text, &row) in prompts.iter().zip(rows) {
+        let head = tok.encode(text, bos)?;
         let mut conts = Vec::new();
         for c in choices {
             let full = tok.encode(&format!("{text}{c}"), bos)?;
@@ -382,7 +430,7 @@ fn choice(
             }
             conts.push(full[head.len()..].to_vec());
         }
-        let context = env.model.model.config.context_length;
+        let context = session.model.model.config.context_length;
         if head.len() + conts.iter().map(Vec::len).max().unwrap_or(0) > context {
             bail!(
                 "{} row {}: the prompt is longer than the model's context of {context}",
@@ -429,11 +477,11 @@ fn choice(
         }
         parts.push(example);
     }
-    let readings = lens(env, &seqs, queries, total)?;
+    let readings = lens(session, &seqs, queries, total)?;
     let mut correct = Vec::with_capacity(readings.len());
     let mut extra = Vec::with_capacity(readings.len());
     for layer in &readings {
-        let (right, margin) = score_choices(layer, &parts, &answers);
+        let (right, margin) = score_choices(layer, &parts, answers);
         extra.push(BTreeMap::from([("mean_margin".to_string(), margin)]));
         correct.push(right);
     }

@@ -11,14 +11,15 @@ pub mod generation;
 pub mod retrieval;
 pub mod similarity;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::commands::eval::{Env, EvalOptions};
 use crate::datasets::{DataSpec, Table};
 use crate::embeddings::pool::Pool;
+use crate::embeddings::session::Session;
 use crate::stats::scores::Scored;
 
 /// The shipped tasks, compiled in so `--task mr` works from any directory.
@@ -67,31 +68,90 @@ impl Kind {
     }
 }
 
-/// A task file as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+impl fmt::Display for Kind {
+    /// The kind as task files spell it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Kind::Classification => "classification",
+            Kind::Retrieval => "retrieval",
+            Kind::Similarity => "similarity",
+            Kind::Generation => "generation",
+        })
+    }
+}
+
+/// A task file as written: every section optional, checked against the kind by
+/// [`parse`]. Read as one flat table rather than as a serde enum tagged by `kind`,
+/// because serde's tagged enums lose TOML's line numbers and name the wrong keys in
+/// their messages; [`parse`] turns it into a [`TaskSpec`] in one match.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct TaskFile {
+    name: String,
+    kind: Kind,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    license: String,
+    pool: Option<Pool>,
+    center: Option<bool>,
+    limit: Option<usize>,
+    data: DataSpec,
+    labels: Option<classification::LabelSpec>,
+    probe: Option<classification::ProbeSpec>,
+    retrieval: Option<retrieval::RetrievalSpec>,
+    similarity: Option<similarity::SimilaritySpec>,
+    generation: Option<generation::GenerationSpec>,
+}
+
+/// A task's definition, its sections checked against its kind.
+#[derive(Debug, Clone)]
 pub struct TaskSpec {
     pub name: String,
-    pub kind: Kind,
-    #[serde(default)]
     pub description: String,
     /// Licence of the data, recorded with every result.
-    #[serde(default)]
     pub license: String,
-    /// Token pooling for embedding tasks (default: `mean` for probes,
-    /// `mean-skip-first` for cosine tasks, where the first token's massive
-    /// activation would otherwise dominate every mean).
-    pub pool: Option<Pool>,
-    /// Subtract the per-layer mean over the task's texts before cosine similarity.
-    pub center: Option<bool>,
     /// Examples used when `--limit` is not given (heavy tasks set a default).
     pub limit: Option<usize>,
     pub data: DataSpec,
-    pub labels: Option<classification::LabelSpec>,
-    pub probe: Option<classification::ProbeSpec>,
-    pub retrieval: Option<retrieval::RetrievalSpec>,
-    pub similarity: Option<similarity::SimilaritySpec>,
-    pub generation: Option<generation::GenerationSpec>,
+    /// The kind and the sections it reads.
+    pub body: Body,
+}
+
+/// A kind of task with its own sections. `pool` is the token pooling of embedding
+/// tasks (default: `mean` for probes, `mean-skip-first` for cosine tasks, where the
+/// first token's massive activation would otherwise dominate every mean); `center`
+/// subtracts the per-layer mean over the task's texts before cosine similarity.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Classification {
+        labels: classification::LabelSpec,
+        probe: Option<classification::ProbeSpec>,
+        pool: Option<Pool>,
+    },
+    Retrieval {
+        retrieval: retrieval::RetrievalSpec,
+        pool: Option<Pool>,
+        center: Option<bool>,
+    },
+    Similarity {
+        similarity: similarity::SimilaritySpec,
+        pool: Option<Pool>,
+        center: Option<bool>,
+    },
+    Generation(generation::GenerationSpec),
+}
+
+impl TaskSpec {
+    /// The task's kind.
+    pub fn kind(&self) -> Kind {
+        match self.body {
+            Body::Classification { .. } => Kind::Classification,
+            Body::Retrieval { .. } => Kind::Retrieval,
+            Body::Similarity { .. } => Kind::Similarity,
+            Body::Generation(_) => Kind::Generation,
+        }
+    }
 }
 
 /// A task read from its file, its data loaded.
@@ -102,6 +162,34 @@ pub struct LoadedTask {
     pub table: Table,
 }
 
+/// What a run asks of every task: the seed, and the command line's settings that
+/// override the task files'.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TaskOptions {
+    /// Examples per task (seeded subset); `None` uses the task's default or all.
+    pub limit: Option<usize>,
+    pub seed: u64,
+    /// Pooling for every embedding task.
+    pub pool: Option<Pool>,
+    /// Centring for cosine tasks.
+    pub center: Option<bool>,
+    /// Cross-validation folds for probes.
+    pub folds: Option<usize>,
+}
+
+/// One task's settings for a run: the command line's over the task file's over the
+/// kind's defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// The example cap.
+    pub limit: Option<usize>,
+    pub seed: u64,
+    /// The pooling, for embedding tasks.
+    pub pool: Option<Pool>,
+    /// Whether embeddings are centred, for cosine tasks.
+    pub center: Option<bool>,
+}
+
 /// Names of the shipped tasks.
 pub fn shipped_names() -> Vec<&'static str> {
     SHIPPED.iter().map(|(n, _)| *n).collect()
@@ -109,45 +197,58 @@ pub fn shipped_names() -> Vec<&'static str> {
 
 /// Parses and checks a task file's text. `origin` names it in messages.
 pub fn parse(text: &str, origin: &str) -> Result<TaskSpec> {
-    let spec: TaskSpec = toml::from_str(text)
+    let file: TaskFile = toml::from_str(text)
         .map_err(|e| anyhow!("{origin}: {}", e.to_string().trim().replace('\n', " ")))?;
-    let section = |present: bool, name: &str| -> Result<()> {
-        if !present {
-            bail!("{origin}: a {:?} task needs a [{name}] section", spec.kind);
-        }
-        Ok(())
-    };
-    match spec.kind {
-        Kind::Classification => section(spec.labels.is_some(), "labels")?,
-        Kind::Retrieval => section(spec.retrieval.is_some(), "retrieval")?,
-        Kind::Similarity => section(spec.similarity.is_some(), "similarity")?,
-        Kind::Generation => section(spec.generation.is_some(), "generation")?,
-    }
+    let kind = file.kind;
+    // `{:?}` names the kind capitalised in these messages, as they always have.
     let stray = [
-        ("labels", spec.labels.is_some(), Kind::Classification),
-        ("probe", spec.probe.is_some(), Kind::Classification),
-        ("retrieval", spec.retrieval.is_some(), Kind::Retrieval),
-        ("similarity", spec.similarity.is_some(), Kind::Similarity),
-        ("generation", spec.generation.is_some(), Kind::Generation),
+        ("labels", file.labels.is_some(), Kind::Classification),
+        ("probe", file.probe.is_some(), Kind::Classification),
+        ("retrieval", file.retrieval.is_some(), Kind::Retrieval),
+        ("similarity", file.similarity.is_some(), Kind::Similarity),
+        ("generation", file.generation.is_some(), Kind::Generation),
     ];
-    for (name, present, kind) in stray {
-        if present && kind != spec.kind {
-            bail!(
-                "{origin}: [{name}] does not apply to a {:?} task",
-                spec.kind
-            );
+    let needs = |name: &str| anyhow!("{origin}: a {kind:?} task needs a [{name}] section");
+    let body = match kind {
+        Kind::Classification => Body::Classification {
+            labels: file.labels.ok_or_else(|| needs("labels"))?,
+            probe: file.probe,
+            pool: file.pool,
+        },
+        Kind::Retrieval => Body::Retrieval {
+            retrieval: file.retrieval.ok_or_else(|| needs("retrieval"))?,
+            pool: file.pool,
+            center: file.center,
+        },
+        Kind::Similarity => Body::Similarity {
+            similarity: file.similarity.ok_or_else(|| needs("similarity"))?,
+            pool: file.pool,
+            center: file.center,
+        },
+        Kind::Generation => Body::Generation(file.generation.ok_or_else(|| needs("generation"))?),
+    };
+    for (name, present, owner) in stray {
+        if present && owner != kind {
+            bail!("{origin}: [{name}] does not apply to a {kind:?} task");
         }
     }
-    if spec.kind == Kind::Generation && (spec.pool.is_some() || spec.center.is_some()) {
+    if kind == Kind::Generation && (file.pool.is_some() || file.center.is_some()) {
         bail!("{origin}: `pool` and `center` do not apply to a generation task");
     }
-    if spec.name.trim().is_empty() {
+    if file.name.trim().is_empty() {
         bail!("{origin}: `name` is empty");
     }
-    if spec.limit == Some(0) {
+    if file.limit == Some(0) {
         bail!("{origin}: `limit = 0` leaves no examples to score; give at least 1");
     }
-    Ok(spec)
+    Ok(TaskSpec {
+        name: file.name,
+        description: file.description,
+        license: file.license,
+        limit: file.limit,
+        data: file.data,
+        body,
+    })
 }
 
 /// A shipped task's definition, without loading its data.
@@ -187,64 +288,133 @@ pub fn load(name_or_path: &str) -> Result<LoadedTask> {
 }
 
 impl LoadedTask {
-    /// Scores the task at every layer.
-    pub fn run(&self, env: &mut Env) -> Result<Scored> {
-        let result = match self.spec.kind {
-            Kind::Classification => classification::run(self, env),
-            Kind::Retrieval => retrieval::run(self, env),
-            Kind::Similarity => similarity::run(self, env),
-            Kind::Generation => generation::run(self, env),
+    /// This task's settings under `opts`.
+    pub fn settings(&self, opts: &TaskOptions) -> Settings {
+        let pool = |own: Option<Pool>, default| Some(opts.pool.or(own).unwrap_or(default));
+        let center = |own: Option<bool>| Some(opts.center.or(own).unwrap_or(false));
+        let (pool, center) = match &self.spec.body {
+            Body::Classification { pool: own, .. } => (pool(*own, Pool::Mean), None),
+            Body::Retrieval {
+                pool: p, center: c, ..
+            }
+            | Body::Similarity {
+                pool: p, center: c, ..
+            } => (pool(*p, Pool::MeanSkipFirst), center(*c)),
+            Body::Generation(_) => (None, None),
         };
-        result.with_context(|| format!("task {}", self.spec.name))
-    }
-
-    /// The pooling this task uses, given a command-line override.
-    pub fn pool(&self, cli: Option<Pool>) -> Pool {
-        cli.or(self.spec.pool).unwrap_or(match self.spec.kind {
-            Kind::Classification => Pool::Mean,
-            _ => Pool::MeanSkipFirst,
-        })
-    }
-
-    /// Whether scores compare embeddings by cosine (where centring applies).
-    pub fn is_cosine(&self) -> bool {
-        matches!(self.spec.kind, Kind::Retrieval | Kind::Similarity)
-    }
-
-    /// Whether cosine tasks centre embeddings, given a command-line override.
-    pub fn center(&self, cli: Option<bool>) -> bool {
-        cli.or(self.spec.center).unwrap_or(false)
-    }
-
-    /// The texts this task embeds and their pooling, so that several tasks can share
-    /// one forward pass.
-    pub fn embedding_requests(&self, opts: &EvalOptions) -> Result<Vec<(Vec<String>, Pool)>> {
-        let texts = match self.spec.kind {
-            Kind::Classification => classification::examples(self, opts)?.0.texts,
-            Kind::Retrieval => retrieval::examples(self, opts)?.texts(),
-            Kind::Similarity => similarity::examples(self, opts)?.texts,
-            Kind::Generation => return Ok(Vec::new()),
-        };
-        Ok(vec![(texts, self.pool(opts.pool))])
-    }
-
-    /// Every text this task feeds the model, in order: the texts it embeds, or a
-    /// generation task's documents or rendered prompts.
-    pub fn texts(&self, opts: &EvalOptions) -> Result<Vec<String>> {
-        match self.spec.kind {
-            Kind::Generation => generation::texts(self, opts),
-            Kind::Classification => classification::texts(self, opts),
-            _ => Ok(self
-                .embedding_requests(opts)?
-                .into_iter()
-                .flat_map(|(texts, _)| texts)
-                .collect()),
+        Settings {
+            limit: opts.limit.or(self.spec.limit),
+            seed: opts.seed,
+            pool,
+            center,
         }
     }
 
-    /// The example cap: the command line's, else the task's default.
-    pub fn limit(&self, cli: Option<usize>) -> Option<usize> {
-        cli.or(self.spec.limit)
+    /// Every text this task feeds the model under `opts`, in order: the texts it
+    /// embeds (a probe's before the classes too rare for its folds are dropped), or
+    /// a generation task's documents or rendered prompts. What `analyze --task` reads.
+    pub fn texts(&self, opts: &TaskOptions) -> Result<Vec<String>> {
+        let settings = self.settings(opts);
+        match &self.spec.body {
+            Body::Classification { labels, .. } => {
+                Ok(classification::labelled(self, labels, &settings)?.texts)
+            }
+            Body::Retrieval { retrieval, .. } => {
+                Ok(retrieval::examples(self, retrieval, &settings)?.texts)
+            }
+            Body::Similarity { similarity, .. } => {
+                Ok(similarity::examples(self, similarity, &settings)?.texts)
+            }
+            Body::Generation(generation) => generation::texts(self, generation, &settings),
+        }
+    }
+
+    /// Resolves this task's settings and draws its examples, once for the run.
+    pub fn prepare(&self, opts: &TaskOptions) -> Result<PreparedTask<'_>> {
+        let settings = self.settings(opts);
+        let examples = self
+            .examples(opts, &settings)
+            .with_context(|| format!("task {}", self.spec.name))?;
+        Ok(PreparedTask {
+            task: self,
+            settings,
+            examples,
+        })
+    }
+
+    fn examples(&self, opts: &TaskOptions, settings: &Settings) -> Result<Examples<'_>> {
+        Ok(match &self.spec.body {
+            Body::Classification { labels, probe, .. } => Examples::Classification(
+                classification::prepare(self, labels, probe.as_ref(), settings, opts.folds)?,
+            ),
+            Body::Retrieval { retrieval, .. } => {
+                Examples::Retrieval(retrieval::examples(self, retrieval, settings)?)
+            }
+            Body::Similarity { similarity, .. } => {
+                Examples::Similarity(similarity::examples(self, similarity, settings)?)
+            }
+            Body::Generation(generation) => {
+                Examples::Generation(generation::examples(self, generation, settings)?)
+            }
+        })
+    }
+}
+
+/// Each kind's examples, drawn from the table under the run's settings.
+enum Examples<'t> {
+    Classification(classification::Prepared),
+    Retrieval(retrieval::Examples),
+    Similarity(similarity::Examples),
+    Generation(generation::Examples<'t>),
+}
+
+/// A task ready to score: its settings resolved and its examples drawn.
+pub struct PreparedTask<'t> {
+    pub task: &'t LoadedTask,
+    pub settings: Settings,
+    examples: Examples<'t>,
+}
+
+impl PreparedTask<'_> {
+    /// The texts this task embeds and their pooling, so that several tasks can share
+    /// one forward pass; `None` for generation.
+    pub fn embedding_request(&self) -> Option<(&[String], Pool)> {
+        let texts = match &self.examples {
+            Examples::Classification(p) => &p.examples.texts,
+            Examples::Retrieval(ex) => &ex.texts,
+            Examples::Similarity(ex) => &ex.texts,
+            Examples::Generation(_) => return None,
+        };
+        Some((texts, self.pool()))
+    }
+
+    /// Every text this task feeds the model, as [`LoadedTask::texts`] lists them.
+    pub fn texts(&self) -> &[String] {
+        match &self.examples {
+            Examples::Classification(p) => &p.texts,
+            Examples::Retrieval(ex) => &ex.texts,
+            Examples::Similarity(ex) => &ex.texts,
+            Examples::Generation(ex) => &ex.texts,
+        }
+    }
+
+    /// Scores the task at every layer.
+    pub fn run(&self, session: &mut Session) -> Result<Scored> {
+        let result = match &self.examples {
+            Examples::Classification(p) => classification::run(p, self.pool(), session),
+            Examples::Retrieval(ex) => retrieval::run(ex, self.pool(), self.center(), session),
+            Examples::Similarity(ex) => similarity::run(ex, self.pool(), self.center(), session),
+            Examples::Generation(ex) => generation::run(self.task, ex, session),
+        };
+        result.with_context(|| format!("task {}", self.task.spec.name))
+    }
+
+    fn pool(&self) -> Pool {
+        self.settings.pool.expect("embedding tasks have a pooling")
+    }
+
+    fn center(&self) -> bool {
+        self.settings.center.expect("cosine tasks have a centring")
     }
 }
 

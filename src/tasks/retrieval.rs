@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::LoadedTask;
-use crate::commands::eval::{Env, EvalOptions};
+use super::{LoadedTask, Settings};
+use crate::embeddings::pool::Pool;
+use crate::embeddings::session::Session;
 use crate::stats::metrics;
 use crate::stats::sampling::subset;
 use crate::stats::scores::{Chance, MeanOfItems, Metric, Scored};
@@ -23,15 +24,17 @@ pub struct RetrievalSpec {
 
 /// Queries, the corpus, and each query's relevant document.
 pub struct Examples {
-    pub queries: Vec<String>,
-    pub corpus: Vec<String>,
+    /// The queries, then the corpus: embedded as one set so centring uses one mean.
+    pub texts: Vec<String>,
+    /// How many of `texts` are queries.
+    pub queries: usize,
+    /// Per query, its document's index in the corpus.
     pub relevant: Vec<usize>,
 }
 
 /// The seeded subset of queries; the corpus is the distinct documents of those rows.
-pub fn examples(task: &LoadedTask, opts: &EvalOptions) -> Result<Examples> {
-    let (limit, seed) = (task.limit(opts.limit), opts.seed);
-    let spec = task.spec.retrieval.as_ref().expect("checked at parse time");
+pub fn examples(task: &LoadedTask, spec: &RetrievalSpec, settings: &Settings) -> Result<Examples> {
+    let (limit, seed) = (settings.limit, settings.seed);
     let table = &task.table;
     table.require(&spec.query)?;
     table.require(&spec.document)?;
@@ -55,33 +58,26 @@ pub fn examples(task: &LoadedTask, opts: &EvalOptions) -> Result<Examples> {
             table.origin
         );
     }
+    let q = queries.len();
+    queries.extend(corpus);
     Ok(Examples {
-        queries,
-        corpus,
+        texts: queries,
+        queries: q,
         relevant,
     })
 }
 
-impl Examples {
-    /// Queries then documents: embedded as one set so centring uses one mean.
-    pub fn texts(&self) -> Vec<String> {
-        self.queries.iter().chain(&self.corpus).cloned().collect()
-    }
-}
-
-pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
-    let ex = examples(task, env.opts)?;
-    let pool = task.pool(env.opts.pool);
-    let center = task.center(env.opts.center);
-    let pooled = env.embeddings(&ex.texts(), pool)?;
+/// Ranks the corpus for every query at every layer.
+pub fn run(ex: &Examples, pool: Pool, center: bool, session: &mut Session) -> Result<Scored> {
+    let pooled = session.embeddings(&ex.texts, pool)?;
     let pooled = if center {
         pooled.centered()
     } else {
         (*pooled).clone()
     };
-    let q = ex.queries.len();
+    let (q, corpus) = (ex.queries, ex.texts.len() - ex.queries);
     let query_rows: Vec<usize> = (0..q).collect();
-    let doc_rows: Vec<usize> = (q..q + ex.corpus.len()).collect();
+    let doc_rows: Vec<usize> = (q..q + corpus).collect();
     let queries = pooled.select(&query_rows);
     let docs = pooled.select(&doc_rows);
     let mut ndcg = Vec::with_capacity(pooled.layers);
@@ -114,10 +110,7 @@ pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
     }
     let info = BTreeMap::from([
         ("queries".to_string(), serde_json::json!(q)),
-        (
-            "corpus_size".to_string(),
-            serde_json::json!(ex.corpus.len()),
-        ),
+        ("corpus_size".to_string(), serde_json::json!(corpus)),
         ("similarity".to_string(), serde_json::json!("cosine")),
     ]);
     Ok(Scored {
@@ -128,10 +121,10 @@ pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
         chance: Chance {
             // Every query has one relevant document in the same corpus, so the
             // per-query expectation is also the mean over queries.
-            score: Some(metrics::random_ndcg_at_k(1, ex.corpus.len(), 10)),
+            score: Some(metrics::random_ndcg_at_k(1, corpus, 10)),
             rule: format!(
                 "expected nDCG@10 of a uniformly random ranking of the {} documents, one relevant per query",
-                ex.corpus.len()
+                corpus
             ),
         },
         items: "queries",

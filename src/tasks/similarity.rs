@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::LoadedTask;
-use crate::commands::eval::{Env, EvalOptions};
+use super::{LoadedTask, Settings};
+use crate::embeddings::pool::Pool;
+use crate::embeddings::session::Session;
 use crate::stats::metrics;
 use crate::stats::sampling::subset;
 use crate::stats::scores::{Chance, Metric, Scored, SpearmanOfItems};
@@ -28,13 +29,9 @@ pub struct Examples {
     pub gold: Vec<f64>,
 }
 
-pub fn examples(task: &LoadedTask, opts: &EvalOptions) -> Result<Examples> {
-    let (limit, seed) = (task.limit(opts.limit), opts.seed);
-    let spec = task
-        .spec
-        .similarity
-        .as_ref()
-        .expect("checked at parse time");
+/// The seeded subset of pairs, their distinct texts and human scores.
+pub fn examples(task: &LoadedTask, spec: &SimilaritySpec, settings: &Settings) -> Result<Examples> {
+    let (limit, seed) = (settings.limit, settings.seed);
     let table = &task.table;
     for c in [&spec.text_a, &spec.text_b, &spec.score] {
         table.require(c)?;
@@ -69,11 +66,10 @@ pub fn examples(task: &LoadedTask, opts: &EvalOptions) -> Result<Examples> {
     Ok(Examples { texts, pairs, gold })
 }
 
-pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
-    let ex = examples(task, env.opts)?;
-    let pool = task.pool(env.opts.pool);
-    let pooled = env.embeddings(&ex.texts, pool)?;
-    let pooled = if task.center(env.opts.center) {
+/// Correlates the pairs' cosines with the human scores at every layer.
+pub fn run(ex: &Examples, pool: Pool, center: bool, session: &mut Session) -> Result<Scored> {
+    let pooled = session.embeddings(&ex.texts, pool)?;
+    let pooled = if center {
         pooled.centered()
     } else {
         (*pooled).clone()
@@ -110,7 +106,7 @@ pub fn run(task: &LoadedTask, env: &mut Env) -> Result<Scored> {
         items: "pairs",
         main: Box::new(SpearmanOfItems {
             predicted,
-            gold: ex.gold,
+            gold: ex.gold.clone(),
         }),
         extra,
         info,
