@@ -48,18 +48,6 @@ pub enum Kind {
     Generation,
 }
 
-/// The kind's name as task and result files write it.
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.pad(match self {
-            Kind::Classification => "classification",
-            Kind::Retrieval => "retrieval",
-            Kind::Similarity => "similarity",
-            Kind::Generation => "generation",
-        })
-    }
-}
-
 impl Kind {
     /// Whether the task reads pooled embeddings (and so whether the paper predicts a
     /// peak at intermediate depth rather than at the end).
