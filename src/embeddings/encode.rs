@@ -15,9 +15,11 @@ use crate::model::source::LoadedModel;
 use crate::model::tokenizer::BosPolicy;
 use crate::model::Intervention;
 
-/// How to turn texts into token sequences the model can take.
-#[derive(Debug, Clone, Copy)]
+/// How to turn texts into token sequences the model can take. The default adds BOS as
+/// the model does and refuses texts longer than its context.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Encoding {
+    /// Whether to prepend the BOS token.
     pub bos: BosPolicy,
     /// Cut texts longer than the context instead of refusing them.
     pub truncate: bool,
