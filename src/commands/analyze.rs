@@ -37,7 +37,7 @@ pub const DEFAULT_MAX_TOKENS: usize = 128;
 const CHARS_PER_TOKEN: usize = 8;
 
 /// How singular values are obtained, as recorded in the output.
-const SVD_METHOD: &str = "eigenvalues of the T x T Gram matrix X X^T in f64 (Householder tridiagonalisation + implicit QL); sigma_j^2 = lambda_j";
+const SVD_METHOD: &str = "eigenvalues of the T x T Gram matrix X X^T in f64 (nalgebra SymmetricEigen: Householder tridiagonalisation + implicit QR); sigma_j^2 = lambda_j";
 
 /// Which blocks `--ablate` zeroes the first position's MLP output in.
 #[derive(Debug, Clone, PartialEq, Eq)]

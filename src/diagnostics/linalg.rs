@@ -3,8 +3,8 @@
 //! eigenvalues of a symmetric matrix.
 //!
 //! Everything is computed in f64. Singular values come from the eigenvalues of the
-//! Gram matrix (their squares), found by Householder tridiagonalisation and implicit QL,
-//! so no LAPACK is needed.
+//! Gram matrix (their squares), found by nalgebra's symmetric eigensolver (Householder
+//! tridiagonalisation, then implicit QR with Wilkinson shifts), so no LAPACK is needed.
 
 /// `X X^T` (`t x t`, row-major) in f64.
 pub fn gram(x: &[f32], t: usize, d: usize) -> Vec<f64> {
@@ -61,126 +61,22 @@ pub fn centered_normalized_gram(g: &[f64], t: usize) -> Vec<f64> {
     out
 }
 
-/// Eigenvalues of the symmetric `n x n` row-major matrix `a`, in descending order.
-pub fn symmetric_eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
+/// Eigenvalues of the symmetric `n x n` row-major matrix `a`, in descending order; all
+/// NaN when `a` holds a value that is not finite.
+pub fn symmetric_eigenvalues(a: Vec<f64>, n: usize) -> Vec<f64> {
     assert_eq!(a.len(), n * n);
-    let (mut d, mut e) = tridiagonalize(&mut a, n);
-    tridiagonal_ql(&mut d, &mut e);
-    d.sort_by(|x, y| y.total_cmp(x));
-    d
-}
-
-/// Householder reduction of a symmetric matrix to tridiagonal form (Golub & Van Loan,
-/// Algorithm 8.3.1), overwriting `a`. Returns the diagonal and the subdiagonal, where
-/// `e[i]` couples rows `i` and `i + 1` and `e[n - 1] = 0`.
-fn tridiagonalize(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut d = vec![0f64; n];
-    let mut e = vec![0f64; n];
-    let mut v = vec![0f64; n];
-    let mut w = vec![0f64; n];
-    for k in 0..n.saturating_sub(2) {
-        let m = k + 1;
-        let norm = (m..n).map(|i| a[i * n + k].powi(2)).sum::<f64>().sqrt();
-        d[k] = a[k * n + k];
-        if norm == 0.0 {
-            continue;
-        }
-        let x0 = a[m * n + k];
-        // Reflect onto -sign(x0) ||x|| e_1, which avoids cancellation in v_0.
-        let alpha = -norm.copysign(x0);
-        e[k] = alpha;
-        for i in m..n {
-            v[i] = a[i * n + k];
-        }
-        v[m] -= alpha;
-        let vv: f64 = (m..n).map(|i| v[i] * v[i]).sum();
-        let beta = 2.0 / vv;
-        // A22 <- H A22 H with H = I - beta v v^T, as A22 - v w^T - w v^T.
-        // w = beta A22 v, accumulated by rows (A22 is symmetric) so the loop vectorises.
-        w[m..].fill(0.0);
-        for j in m..n {
-            let vj = beta * v[j];
-            for (wi, &aj) in w[m..].iter_mut().zip(&a[j * n + m..(j + 1) * n]) {
-                *wi += aj * vj;
-            }
-        }
-        let wv: f64 = (m..n).map(|i| w[i] * v[i]).sum();
-        for i in m..n {
-            w[i] -= 0.5 * beta * wv * v[i];
-        }
-        for i in m..n {
-            let (vi, wi) = (v[i], w[i]);
-            let row = &mut a[i * n + m..(i + 1) * n];
-            for ((x, &vj), &wj) in row.iter_mut().zip(&v[m..]).zip(&w[m..]) {
-                *x -= vi * wj + wi * vj;
-            }
-        }
+    // nalgebra iterates until convergence with no cap, which a NaN would never reach.
+    if a.iter().any(|v| !v.is_finite()) {
+        return vec![f64::NAN; n];
     }
-    if n >= 2 {
-        d[n - 2] = a[(n - 2) * n + n - 2];
-        e[n - 2] = a[(n - 1) * n + n - 2];
-    }
-    if n >= 1 {
-        d[n - 1] = a[(n - 1) * n + n - 1];
-    }
-    (d, e)
-}
-
-/// Eigenvalues of a symmetric tridiagonal matrix by the implicit QL method with
-/// Wilkinson shifts (the EISPACK `tql1` scheme). `d` becomes the eigenvalues; `e` is
-/// destroyed.
-fn tridiagonal_ql(d: &mut [f64], e: &mut [f64]) {
-    let n = d.len();
-    for l in 0..n {
-        let mut iterations = 0;
-        loop {
-            let mut m = l;
-            while m + 1 < n {
-                let dd = d[m].abs() + d[m + 1].abs();
-                if e[m].abs() <= f64::EPSILON * dd {
-                    break;
-                }
-                m += 1;
-            }
-            // Convergence is quadratic; the cap only guards against a NaN input.
-            if m == l || iterations == 64 {
-                break;
-            }
-            iterations += 1;
-            // Plain square roots rather than `hypot`, which is several times slower: the
-            // Gram entries stay far below the square root of f64's range.
-            let mut g = (d[l + 1] - d[l]) / (2.0 * e[l]);
-            let mut r = (g * g + 1.0).sqrt();
-            g = d[m] - d[l] + e[l] / (g + r.copysign(g));
-            let (mut s, mut c, mut p) = (1.0f64, 1.0f64, 0.0f64);
-            let mut deflated = false;
-            for i in (l..m).rev() {
-                let f = s * e[i];
-                let b = c * e[i];
-                r = (f * f + g * g).sqrt();
-                e[i + 1] = r;
-                if r == 0.0 {
-                    d[i + 1] -= p;
-                    e[m] = 0.0;
-                    deflated = true;
-                    break;
-                }
-                s = f / r;
-                c = g / r;
-                g = d[i + 1] - p;
-                r = (d[i] - g) * s + 2.0 * c * b;
-                p = s * r;
-                d[i + 1] = g + p;
-                g = c * r - b;
-            }
-            if deflated {
-                continue;
-            }
-            d[l] -= p;
-            e[l] = g;
-            e[m] = 0.0;
-        }
-    }
+    // Read column-major, a symmetric matrix is itself, so the row-major buffer serves.
+    let mut e: Vec<f64> = nalgebra::DMatrix::from_vec(n, n, a)
+        .symmetric_eigenvalues()
+        .iter()
+        .copied()
+        .collect();
+    e.sort_by(|x, y| y.total_cmp(x));
+    e
 }
 
 #[cfg(test)]
