@@ -99,7 +99,7 @@ pub struct AnalyzeOptions {
 }
 
 /// The default prompts: `limit` paragraphs of the Austen novels with at least
-/// [`CHARS_PER_TOKEN`] characters per wanted token, evenly spaced through the file
+/// `CHARS_PER_TOKEN` characters per wanted token, evenly spaced through the file
 /// (all of them when fewer qualify). Returns the texts and a description of the choice.
 pub fn austen_prompts(limit: usize, max_tokens: usize) -> Result<(Vec<String>, String)> {
     #[derive(Deserialize)]
