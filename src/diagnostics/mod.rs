@@ -1,12 +1,14 @@
 //! Per-layer diagnostics of the Mix-Compress-Refine account, behind `harness analyze`:
 //! the metrics of one prompt's residual stream ([`residual`]) and attention
 //! ([`attention`]) with the linear algebra they need ([`linalg`]), their capture during
-//! a forward pass ([`capture`]), their summary over prompts ([`summary`]) and what is
-//! read off the per-layer curves ([`phases`]). Definitions follow `PAPER.md`;
+//! a forward pass ([`capture`]), their summary over prompts ([`summary`]) into the
+//! per-layer form results store ([`layers`]) and what is read off the per-layer curves
+//! ([`phases`]). Definitions follow `PAPER.md`;
 //! `docs/analyze.md` states every choice the paper leaves open.
 
 pub mod attention;
 pub mod capture;
+pub mod layers;
 pub mod linalg;
 pub mod phases;
 pub mod residual;

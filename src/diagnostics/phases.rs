@@ -2,7 +2,7 @@
 //! entropy, and the block whose first-token norm grows most, which `--ablate auto`
 //! ablates.
 
-use crate::results::analyze::{LayerStats, Phases, Span};
+use super::layers::{LayerStats, Phases, Span};
 
 /// The block `l` maximising `||x_0^(l)|| / ||x_0^(l-1)||` (mean first-token norms), and
 /// that ratio.
@@ -67,7 +67,7 @@ pub fn phases(layers: &[LayerStats]) -> Phases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::analyze::Stat;
+    use crate::diagnostics::layers::Stat;
 
     fn layers_with(name: &'static str, values: &[f64]) -> Vec<LayerStats> {
         values

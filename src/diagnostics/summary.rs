@@ -3,8 +3,8 @@
 
 use super::attention::AttentionMetrics;
 use super::capture::PromptLayers;
+use super::layers::{LayerStats, Stat};
 use super::residual::ResidMetrics;
-use crate::results::analyze::{LayerStats, Stat};
 
 /// The arithmetic mean of `v`.
 pub fn mean(v: &[f64]) -> f64 {
