@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use harness::commands::analyze_cmd::AnalyzeCommand;
+use harness::commands::analyze::AnalyzeCommand;
 use harness::commands::embed::EmbedCommand;
 use harness::commands::eval::{EvalCommand, EvalOptions};
 use harness::commands::{self, analyze};
@@ -227,7 +227,7 @@ fn run(cli: Cli) -> Result<()> {
             out: args.out,
         }),
         Command::Report { results, out } => commands::report::run(&results, &out),
-        Command::Analyze(args) => commands::analyze_cmd::run(AnalyzeCommand {
+        Command::Analyze(args) => commands::analyze::run_command(AnalyzeCommand {
             model: args.model,
             input: args.input,
             task: args.task,

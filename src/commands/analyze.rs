@@ -5,15 +5,17 @@
 //! first-token MLP ablation. `docs/analyze.md` describes the output and every rule.
 //!
 //! Prompt gathering ([`austen_prompts`], [`file_prompts`]) is kept apart from the
-//! analysis ([`run`]), which takes any list of texts.
+//! analysis ([`run`]), which takes any list of texts; [`run_command`] is the command
+//! that joins them and writes the result.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::commands::{load_model, parse_ablate};
 use crate::diagnostics::capture::pass;
 use crate::diagnostics::phases::{auto_rule, phases};
 use crate::diagnostics::summary::{mean, summarize};
@@ -308,6 +310,54 @@ fn encode(model: &LoadedModel, prompts: &[String], opts: &AnalyzeOptions) -> Res
         }
     }
     Ok(seqs)
+}
+
+/// What `harness analyze` was asked to do.
+#[derive(Debug, Clone)]
+pub struct AnalyzeCommand {
+    pub model: String,
+    /// Prompts, one per line.
+    pub input: Option<PathBuf>,
+    /// Prompts from a task's texts (a shipped task name or a task file).
+    pub task: Option<String>,
+    /// At most this many prompts.
+    pub limit: Option<usize>,
+    /// Each prompt is cut to this many tokens, BOS included.
+    pub max_tokens: usize,
+    /// `--ablate` as given: `auto` or block numbers.
+    pub ablate: Option<String>,
+    pub encoding: Encoding,
+    pub plan: BatchPlan,
+    /// Results directory.
+    pub out: PathBuf,
+    /// No progress bars.
+    pub quiet: bool,
+}
+
+/// Analyzes the prompts (the default Austen paragraphs unless a file or task is
+/// given), writes `analyze.json` and prints its table.
+pub fn run_command(cmd: AnalyzeCommand) -> Result<()> {
+    let ablate = parse_ablate(cmd.ablate.as_deref())?;
+    let (prompts, source) = match (&cmd.input, &cmd.task) {
+        (Some(path), _) => file_prompts(path, cmd.limit)?,
+        (None, Some(task)) => task_prompts(&crate::tasks::load(task)?, cmd.limit)?,
+        (None, None) => austen_prompts(cmd.limit.unwrap_or(DEFAULT_PROMPTS), cmd.max_tokens)?,
+    };
+    let loaded = load_model(&cmd.model)?;
+    let _lock = crate::results::analyze::lock_result(&cmd.out, &loaded.source.name)?;
+    let opts = AnalyzeOptions {
+        encoding: cmd.encoding,
+        max_tokens: cmd.max_tokens,
+        plan: cmd.plan,
+        ablate,
+        source,
+    };
+    let progress = Progress::new("analyze", "tokens", cmd.quiet);
+    let result = run(&loaded, &prompts, &opts, &progress)?;
+    let path = result.save(&cmd.out)?;
+    print!("{}", crate::report::analyze_table(&result));
+    eprintln!("wrote {} ({:.1}s)", path.display(), result.settings.seconds);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::results::eval::{
     Settings, TaskSummary, Timings, SCHEMA,
 };
 use crate::results::lock_result;
-use crate::stats::metrics;
+use crate::stats::bootstrap;
 use crate::stats::scores::Scored;
 use crate::tasks::{self, LoadedTask, PreparedTask, TaskOptions};
 
@@ -197,7 +197,7 @@ pub fn curve(scored: &Scored, embedding: bool, opts: &EvalOptions) -> Curve {
     let mut scores = Vec::with_capacity(layers);
     for l in 0..layers {
         let (ci_low, ci_high) =
-            metrics::bootstrap_ci(n, opts.resamples, opts.seed, |idx| main.value(l, idx));
+            bootstrap::bootstrap_ci(n, opts.resamples, opts.seed, |idx| main.value(l, idx));
         scores.push(LayerScore {
             layer: l,
             relative_depth: depth(l),
@@ -227,7 +227,7 @@ pub fn curve(scored: &Scored, embedding: bool, opts: &EvalOptions) -> Curve {
     };
     let (peak_point, last_point) = (point(peak), point(last));
     let sign = if higher { 1.0 } else { -1.0 };
-    let cmp = metrics::paired_bootstrap(
+    let cmp = bootstrap::paired_bootstrap(
         n,
         opts.resamples,
         opts.seed,

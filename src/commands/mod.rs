@@ -2,7 +2,6 @@
 //! `report` do between parsed arguments and written results.
 
 pub mod analyze;
-pub mod analyze_cmd;
 pub mod embed;
 pub mod eval;
 pub mod inspect;
