@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The project's test command (the README's, and what CI runs): fetches the pinned
-# models and datasets, runs every Rust test in release mode, then renders a report of
+# models and datasets, runs every Rust test in release mode (doc tests included),
+# builds the documentation and runs the example, then renders a report of
 # the committed fixture results and checks it in headless Chromium, installing
 # Debian's chromium first when it is missing and we may (root with apt-get).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 scripts/fetch_assets.py
 cargo test --release
+# The library as users meet it: its documentation builds without a warning and the
+# example runs on the default model and task.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+"${CARGO_TARGET_DIR:-target}/release/examples/layers"
 if ! command -v chromium >/dev/null; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     echo "installing chromium for the browser check" >&2

@@ -9,19 +9,19 @@
 //! # In ten lines
 //!
 //! Load a model, pool every layer of some texts, and score a shipped task at every
-//! layer (the tiny test model and `mr` after `scripts/fetch_assets.py`; any model
-//! `--model` takes works, e.g. `"smollm2"`):
+//! layer (SmolLM2-135M and `mr` after `scripts/fetch_assets.py`; `load_model` takes
+//! whatever `--model` takes: an alias, a `.gguf` file, a directory, `hf:org/name`):
 //!
 //! ```
 //! use harness::{embed_texts, evaluate, load_model, load_task, EvalOptions, Pool};
 //!
-//! let model = load_model("tests/fixtures/tiny-llama")?;
+//! let model = load_model("smollm2")?;
 //! let texts = ["A gripping, beautifully acted film.", "Dull and far too long."];
 //! let texts: Vec<String> = texts.map(String::from).into();
 //! let vectors = embed_texts(&model, &texts, Pool::MeanSkipFirst, Default::default())?;
 //! assert_eq!(vectors.layer(0).dim(), (2, model.model.config.hidden_size));
 //!
-//! let opts = EvalOptions { limit: Some(60), use_cache: false, quiet: true, ..Default::default() };
+//! let opts = EvalOptions { limit: Some(100), use_cache: false, quiet: true, ..Default::default() };
 //! let result = &evaluate(&model, &[load_task("mr")?], &opts)?[0];
 //! println!("best layer {} of {}", result.peak.layer, result.layers.len() - 1);
 //! # anyhow::Ok(())

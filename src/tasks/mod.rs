@@ -184,6 +184,29 @@ pub fn shipped_names() -> Vec<&'static str> {
 }
 
 /// Parses and checks a task file's text. `origin` names it in messages.
+///
+/// ```
+/// let spec = harness::tasks::parse(
+///     r#"
+///     name = "reviews"
+///     kind = "classification"
+///     description = "Product reviews: good (4-5 stars) or bad (1-2 stars)"
+///     license = "my own data"
+///     [data]
+///     source = "reviews.csv"
+///     [labels]
+///     text = "review"
+///     column = "stars"
+///     threshold = 3.0
+///     "#,
+///     "reviews.toml",
+/// )?;
+/// assert_eq!(spec.kind().to_string(), "classification");
+///
+/// let typo = harness::tasks::parse("name = \"x\"\nkind = \"clasification\"", "x.toml");
+/// assert!(typo.unwrap_err().to_string().contains("x.toml"));
+/// # anyhow::Ok(())
+/// ```
 pub fn parse(text: &str, origin: &str) -> Result<TaskSpec> {
     let file: TaskFile = toml::from_str(text)
         .map_err(|e| anyhow!("{origin}: {}", e.to_string().trim().replace('\n', " ")))?;
