@@ -9,6 +9,7 @@ pub mod report;
 
 use anyhow::Result;
 
+use crate::io::warnings::warn;
 use crate::model::source::{self, LoadedModel};
 use analyze::Ablate;
 
@@ -16,7 +17,7 @@ use analyze::Ablate;
 pub fn load_model(spec: &str) -> Result<LoadedModel> {
     let loaded = source::load(spec)?;
     for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
+        warn(warning);
     }
     Ok(loaded)
 }
@@ -24,10 +25,10 @@ pub fn load_model(spec: &str) -> Result<LoadedModel> {
 /// The warning `--truncate` owes when it cut texts; `what` says whose.
 pub fn warn_truncated(what: &str, count: usize, model: &LoadedModel) {
     if count > 0 {
-        eprintln!(
-            "warning: {what}{count} text(s) were cut to the model's context of {} tokens",
+        warn(&format!(
+            "{what}{count} text(s) were cut to the model's context of {} tokens",
             model.model.config.context_length
-        );
+        ));
     }
 }
 

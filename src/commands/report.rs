@@ -10,7 +10,7 @@ use anyhow::Result;
 pub fn run(results: &Path, out: &Path) -> Result<()> {
     let loaded = crate::report::load(results)?;
     for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
+        crate::io::warnings::warn(warning);
     }
     for path in crate::report::write_report(&loaded, out)? {
         println!("wrote {}", path.display());

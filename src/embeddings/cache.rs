@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::embeddings::pool::{Pool, Pooled};
 use crate::io::assets::cache_root;
 use crate::io::output::write_atomic;
+use crate::io::warnings::warn;
 
 /// Bumped whenever what the cache stores changes meaning.
 const FORMAT: u32 = 1;
@@ -75,10 +76,10 @@ impl EmbeddingCache {
         match read_entry(&path, shape) {
             Ok(pooled) => Some(pooled),
             Err(e) => {
-                eprintln!(
-                    "warning: ignoring the cache entry {}: {e:#}; computing it again",
+                warn(&format!(
+                    "ignoring the cache entry {}: {e:#}; computing it again",
                     path.display()
-                );
+                ));
                 None
             }
         }

@@ -1,7 +1,8 @@
 //! Plumbing every command needs: where assets live, atomic writes and locks, progress
-//! on the terminal, and the fault-injection hook tests use.
+//! on the terminal, where warnings go, and the fault-injection hook tests use.
 
 pub mod assets;
 pub mod faults;
 pub mod output;
 pub mod progress;
+pub mod warnings;

@@ -11,6 +11,7 @@ use super::fingerprint::Snapshot;
 
 use crate::hub::{Hub, HubRepo};
 use crate::io::assets;
+use crate::io::warnings::warn;
 use crate::model::gguf;
 use crate::model::hf;
 use crate::model::tokenizer::TextTokenizer;
@@ -209,11 +210,11 @@ impl LoadedModel {
         let digest = self.files.digest(remember)?;
         if let Some(expected) = self.source.registry_sha256.as_deref() {
             if expected != digest {
-                eprintln!(
-                    "warning: {} is not the file the registry names for '{}' (sha256 {digest}, expected {expected}); using it as it is",
+                warn(&format!(
+                    "{} is not the file the registry names for '{}' (sha256 {digest}, expected {expected}); using it as it is",
                     self.source.path.display(),
                     self.source.name
-                );
+                ));
             }
         }
         Ok(digest)
