@@ -6,11 +6,13 @@ use std::str::FromStr;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
 
 /// The precision of a run. The CPU kernels always compute in f32; in bf16 and f16
 /// the big matrices are stored in that type and activations are rounded to it
 /// wherever the reference implementation holds them in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Dtype {
     #[default]
     F32,
@@ -77,6 +79,13 @@ impl FromStr for Dtype {
     }
 }
 
+/// How a command runs its model: the type its weights are held in and the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Engine {
+    pub dtype: Dtype,
+    pub device: DeviceSpec,
+}
+
 /// Where a model runs. Only the CPU has an engine in this build; the others parse so
 /// that results and errors can name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,9 +101,9 @@ impl DeviceSpec {
     pub fn check_supported(self) -> Result<()> {
         match self {
             DeviceSpec::Cpu => Ok(()),
-            DeviceSpec::Cuda(_) if !cfg!(feature = "cuda") => bail!(
-                "--device {self} needs a build with the `cuda` feature (scripts/build_cuda.sh)"
-            ),
+            DeviceSpec::Cuda(_) if !cfg!(feature = "cuda") => {
+                bail!("--device cuda needs a build with the `cuda` feature (scripts/build_cuda.sh)")
+            }
             DeviceSpec::Cuda(_) => bail!(
                 "--device {self}: the GPU engine path is not implemented yet (the fused kernels are CPU-only); use --device cpu"
             ),

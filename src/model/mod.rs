@@ -25,7 +25,7 @@ use crate::model::capture::{Batch, Capture};
 use crate::model::gguf::GgufFile;
 use crate::model::hf::HfDir;
 use blocks::{Block, BlockCall, Norm, RopeTables, Rotary};
-use dtype::Dtype;
+use dtype::{DeviceSpec, Dtype};
 
 /// The shape of a model, whatever its architecture.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +123,11 @@ impl Transformer {
     /// The type the weights are held in and activations rounded to.
     pub fn dtype(&self) -> Dtype {
         self.dtype
+    }
+
+    /// The device the model runs on: the fused kernels are CPU-only.
+    pub fn device(&self) -> DeviceSpec {
+        DeviceSpec::Cpu
     }
 
     /// The number of blocks (layers above the embeddings).

@@ -28,6 +28,12 @@ pub struct Settings {
     pub svd: String,
     pub summary: String,
     pub harness_version: String,
+    /// The type the weights were held in; files written before it was recorded were f32.
+    #[serde(default = "crate::results::eval::default_dtype")]
+    pub dtype: String,
+    /// The device the model ran on; before it was recorded, the CPU.
+    #[serde(default = "crate::results::eval::default_device")]
+    pub device: String,
     pub seconds: f64,
 }
 

@@ -102,8 +102,25 @@ pub struct Settings {
     pub truncate: bool,
     /// Blocks whose MLP output at position 0 was dropped.
     pub ablate: Vec<usize>,
+    /// The type the weights were held in (`f32`, `bf16`, `f16`); files written
+    /// before it was recorded were f32.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// The device the model ran on; files written before it was recorded ran on the CPU.
+    #[serde(default = "default_device")]
+    pub device: String,
     pub resamples: usize,
     pub confidence_interval: String,
+}
+
+/// The dtype of results written before it was recorded.
+pub fn default_dtype() -> String {
+    "f32".into()
+}
+
+/// The device of results written before it was recorded.
+pub fn default_device() -> String {
+    "cpu".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
