@@ -359,6 +359,7 @@ pub fn lock_results(
                 &model.source.name,
                 &t.spec.name,
                 &opts.intervention.ablate_first_mlp,
+                &model.model.dtype().to_string(),
             ))
         })
         .collect()
