@@ -41,7 +41,7 @@ fn run(model: &LoadedModel) -> Vec<EvalResult> {
 }
 
 /// Every layer of the bf16 run inside the f32 run's interval, and the peaks at most
-/// one layer apart; the results record the type they were computed in.
+/// one layer apart or tied in f32; the results record the type they were computed in.
 fn check(model: &str) {
     let (exact, low) = (load(model, Dtype::F32), load(model, Dtype::Bf16));
     assert_eq!(low.model.dtype(), Dtype::Bf16);
@@ -76,7 +76,12 @@ fn check(model: &str) {
                 ));
             }
         }
-        if e.peak.layer.abs_diff(b.peak.layer) > 1 {
+        // A flat curve has no one peak: on 200 `mr` sentences SmolLM2's layers 17 and
+        // 23 score 0.790 and 0.785 in f32, and bf16 picked 23. Where the peaks are more
+        // than a layer apart, the f32 curve must tie at bf16's peak (its f32 score inside
+        // the f32 peak's interval): the documented exception of issue 11.
+        let tied = (e.peak.ci_low..=e.peak.ci_high).contains(&e.layers[b.peak.layer].score);
+        if e.peak.layer.abs_diff(b.peak.layer) > 1 && !tied {
             failures.push(format!(
                 "{task}: peak at layer {} in bf16, {} in f32",
                 b.peak.layer, e.peak.layer
