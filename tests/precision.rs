@@ -15,9 +15,9 @@ use harness::tasks;
 /// Items per task. `austen` runs the logit lens over Gemma 3's 262k-word vocabulary
 /// at every layer, which costs far more per token than embedding: a few paragraphs.
 const LIMITS: [(&str, usize); 4] = [
-    ("mr", 200),
-    ("boolq-retrieval", 100),
-    ("lee-sts", 100),
+    ("mr", 120),
+    ("boolq-retrieval", 25),
+    ("lee-sts", 40),
     ("austen", 4),
 ];
 
