@@ -13,6 +13,7 @@ use harness::commands::{self, analyze};
 use harness::embeddings::encode::Encoding;
 use harness::embeddings::pool::Pool;
 use harness::model::capture::BatchPlan;
+use harness::model::dtype::{DeviceSpec, Dtype, Engine};
 use harness::model::tokenizer::BosPolicy;
 use harness::model::Intervention;
 
@@ -158,11 +159,24 @@ struct RunArgs {
     /// Cut texts longer than the model's context instead of refusing them.
     #[arg(long)]
     truncate: bool,
+    /// The type weights are held in and activations rounded to: f32 (exact), bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: Dtype,
+    /// Where the model runs: cpu, or cuda / cuda:N in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
 }
 
 impl RunArgs {
     fn plan(&self) -> BatchPlan {
         BatchPlan::with_batch_size(self.batch_size)
+    }
+
+    fn engine(&self) -> Engine {
+        Engine {
+            dtype: self.dtype,
+            device: self.device,
+        }
     }
 
     fn encoding(&self) -> Encoding {
@@ -203,6 +217,7 @@ fn run(cli: Cli) -> Result<()> {
             pool: args.pool,
             encoding: args.run.encoding(),
             plan: args.run.plan(),
+            engine: args.run.engine(),
             out: args.out,
             quiet,
         }),
@@ -223,6 +238,7 @@ fn run(cli: Cli) -> Result<()> {
             },
             tasks: args.task,
             model: args.model.unwrap_or_default(),
+            engine: args.run.engine(),
             ablate: args.ablate,
             out: args.out,
         }),
@@ -236,6 +252,7 @@ fn run(cli: Cli) -> Result<()> {
             ablate: args.ablate,
             encoding: args.run.encoding(),
             plan: args.run.plan(),
+            engine: args.run.engine(),
             out: args.out,
             quiet,
         }),

@@ -627,3 +627,82 @@ fn batch_size_sets_the_texts_per_batch() {
         "a size of 0 means one at a time"
     );
 }
+
+/// Every command that runs a model takes `--device`; this build has no GPU engine, so
+/// anything but the CPU is one line naming what is missing, before anything loads.
+#[test]
+fn a_device_this_build_cannot_use_is_one_line() {
+    let dir = scratch("device");
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "one text\n").unwrap();
+    let needle = if cfg!(feature = "cuda") {
+        "the GPU engine path is not implemented yet"
+    } else {
+        "--device cuda needs a build with the `cuda` feature (scripts/build_cuda.sh)"
+    };
+    let model = fixture("tiny-llama");
+    let model = model.to_str().unwrap();
+    embed_fails(model, &input, &["--device", "cuda"], needle);
+    let out_dir = dir.join("results");
+    let out_dir = out_dir.to_str().unwrap();
+    for args in [
+        &[
+            "eval", "--task", "mr", "--model", model, "--device", "cuda:0", "--out", out_dir,
+        ][..],
+        &[
+            "analyze",
+            "--model",
+            model,
+            "--input",
+            input.to_str().unwrap(),
+            "--device",
+            "cuda",
+            "--out",
+            out_dir,
+        ],
+    ] {
+        assert_fails_with(&harness(args), needle);
+    }
+    let out = embed(
+        model,
+        &input,
+        &dir.join("x.safetensors"),
+        &["--device", "tpu"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("expected cpu, cuda or cuda:N"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--dtype bf16` holds the weights in bf16: the vectors are close to f32's but not
+/// the same, and the file says which type made them.
+#[test]
+fn embed_in_bf16_records_its_dtype_and_stays_close_to_f32() {
+    let dir = scratch("dtype");
+    let input = dir.join("in.txt");
+    std::fs::write(
+        &input,
+        "A short one.\nA somewhat longer sentence for the tiny model.\n",
+    )
+    .unwrap();
+    let model = fixture("tiny-llama");
+    let (f32_path, bf16_path) = (dir.join("f32.safetensors"), dir.join("bf16.safetensors"));
+    for (path, dtype) in [(&f32_path, "f32"), (&bf16_path, "bf16")] {
+        let out = embed(model.to_str().unwrap(), &input, path, &["--dtype", dtype]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let bytes = std::fs::read(path).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = meta.metadata().clone().unwrap();
+        assert_eq!(meta["dtype"], dtype);
+        assert_eq!(meta["device"], "cpu");
+    }
+    let (_, a) = read_embeddings(&f32_path);
+    let (_, b) = read_embeddings(&bf16_path);
+    let err = rel_err(&b, &a);
+    assert!(err > 0.0 && err < 5e-2, "bf16 vs f32 relative error {err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -22,7 +22,11 @@ Every prompt is also run alone (no padding); the script asserts that the batched
 runs on the real tokens (max relative error < 1e-5 for every tensor) and prints the figures, so a golden
 file is valid for single and batched inputs alike.
 
-Usage: make_goldens.py [--cases smollm2,gemma3,tiny-llama,...] [--out tests/golden]
+bf16 goldens (tiny cases only, `--dtypes bf16`): the same model cast with model.to(torch.bfloat16) and run
+on the same padded batch; <case>.bf16.safetensors holds input_ids, attention_mask, hidden.{l} and final_norm,
+upcast to float32 (padding rows 0). No batched-vs-single check: bf16 rounding differs between them.
+
+Usage: make_goldens.py [--cases smollm2,gemma3,tiny-llama,...] [--dtypes f32,bf16] [--out tests/golden]
 GGUF models are looked up in $HARNESS_HOME/models (default ~/.cache/harness); fetch them with
 scripts/fetch_assets.py.
 """
@@ -292,9 +296,36 @@ def make_case(case: str, out_dir: Path) -> dict:
     return meta
 
 
+def make_bf16_case(case: str, out_dir: Path) -> None:
+    """hidden.{l} and final_norm of the tiny model in bf16, for tests/golden.rs's bf16 tolerance."""
+    from safetensors.torch import save_file
+
+    tok, model, _ = load(case)
+    model = model.to(torch.bfloat16)
+    enc = [tok(p)["input_ids"] for p in PROMPTS]
+    B, T = len(enc), max(len(e) for e in enc)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    input_ids = torch.full((B, T), pad_id, dtype=torch.int64)
+    mask = torch.zeros((B, T), dtype=torch.int64)
+    for b, e in enumerate(enc):
+        input_ids[b, : len(e)] = torch.tensor(e)
+        mask[b, : len(e)] = 1
+    raw = run(model, input_ids, mask)
+    m = mask.to(torch.float32)[:, :, None]
+    t = {"input_ids": input_ids, "attention_mask": mask}
+    for l, h in enumerate(raw["hidden"]):
+        t[f"hidden.{l}"] = (h.float() * m).contiguous()
+    t["final_norm"] = (raw["final_norm"].float() * m).contiguous()
+    path = out_dir / f"{case}.bf16.safetensors"
+    save_file(t, str(path))
+    os.chmod(path, 0o644)
+    print(f"  wrote {path.name} ({path.stat().st_size} B), bf16, {len(raw['hidden'])} hidden layers")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma-separated subset of {ALL_CASES}")
+    ap.add_argument("--dtypes", default="f32,bf16", help="f32 and/or bf16 (bf16: tiny cases only)")
     ap.add_argument("--out", type=Path, default=ROOT / "tests" / "golden")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -308,7 +339,10 @@ def main() -> int:
         return 2
     for case in cases:
         try:
-            make_case(case, args.out)
+            if "f32" in args.dtypes.split(","):
+                make_case(case, args.out)
+            if "bf16" in args.dtypes.split(",") and case.startswith("tiny-"):
+                make_bf16_case(case, args.out)
         except MissingAsset as e:
             print(f"error: {case}: {e}", file=sys.stderr)
             return 1

@@ -22,6 +22,7 @@ use crate::diagnostics::summary::{mean, summarize};
 use crate::embeddings::encode::{self, Encoding};
 use crate::io::progress::Progress;
 use crate::model::capture::BatchPlan;
+use crate::model::dtype::Engine;
 use crate::model::source::LoadedModel;
 use crate::model::Intervention;
 use crate::results::analyze::{AblationResult, AnalyzeResult, Settings, SCHEMA};
@@ -278,6 +279,8 @@ pub fn run(
         svd: SVD_METHOD.into(),
         summary: "per prompt on its real tokens, then mean and population standard deviation (ddof 0) over prompts".into(),
         harness_version: env!("CARGO_PKG_VERSION").into(),
+        dtype: model.model.dtype().to_string(),
+        device: model.model.device().to_string(),
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok(AnalyzeResult {
@@ -328,6 +331,7 @@ pub struct AnalyzeCommand {
     pub ablate: Option<String>,
     pub encoding: Encoding,
     pub plan: BatchPlan,
+    pub engine: Engine,
     /// Results directory.
     pub out: PathBuf,
     /// No progress bars.
@@ -343,7 +347,7 @@ pub fn run_command(cmd: AnalyzeCommand) -> Result<()> {
         (None, Some(task)) => task_prompts(&crate::tasks::load(task)?, cmd.limit)?,
         (None, None) => austen_prompts(cmd.limit.unwrap_or(DEFAULT_PROMPTS), cmd.max_tokens)?,
     };
-    let loaded = load_model(&cmd.model)?;
+    let loaded = load_model(&cmd.model, cmd.engine)?;
     let _lock = crate::results::analyze::lock_result(&cmd.out, &loaded.source.name)?;
     let opts = AnalyzeOptions {
         encoding: cmd.encoding,

@@ -11,6 +11,7 @@ use crate::embeddings::encode::{self, Encoding};
 use crate::embeddings::pool::Pool;
 use crate::io::progress::Progress;
 use crate::model::capture::BatchPlan;
+use crate::model::dtype::Engine;
 use crate::model::Intervention;
 
 /// What `harness embed` was asked to do.
@@ -22,6 +23,7 @@ pub struct EmbedCommand {
     pub pool: Pool,
     pub encoding: Encoding,
     pub plan: BatchPlan,
+    pub engine: Engine,
     /// The safetensors file written.
     pub out: PathBuf,
     /// No progress bar.
@@ -31,7 +33,7 @@ pub struct EmbedCommand {
 /// Embeds the texts, says how fast, and writes the vectors with their provenance.
 pub fn run(cmd: &EmbedCommand) -> Result<()> {
     crate::io::output::check_destination(&cmd.out)?;
-    let loaded = load_model(&cmd.model)?;
+    let loaded = load_model(&cmd.model, cmd.engine)?;
     let texts = crate::datasets::read_lines(&cmd.input)?;
     let progress = Progress::new("embed", "tokens", cmd.quiet);
     let out = encode::embed_texts(
@@ -57,6 +59,8 @@ pub fn run(cmd: &EmbedCommand) -> Result<()> {
         ("model".to_string(), loaded.source.name.clone()),
         ("bos".to_string(), cmd.encoding.bos.to_string()),
         ("input".to_string(), cmd.input.display().to_string()),
+        ("dtype".to_string(), loaded.model.dtype().to_string()),
+        ("device".to_string(), loaded.model.device().to_string()),
     ]);
     out.save(&cmd.out, metadata)
 }

@@ -14,6 +14,7 @@ use crate::embeddings::session::{Session, SessionOptions};
 use crate::io::output::WriteLock;
 use crate::io::progress::Progress;
 use crate::model::capture::BatchPlan;
+use crate::model::dtype::Engine;
 use crate::model::source::LoadedModel;
 use crate::model::Intervention;
 use crate::results::eval::{
@@ -320,6 +321,8 @@ fn summarize(
             bos: opts.encoding.bos.to_string(),
             truncate: opts.encoding.truncate,
             ablate: opts.intervention.ablate_first_mlp.clone(),
+            dtype: model.model.dtype().to_string(),
+            device: model.model.device().to_string(),
             resamples: opts.resamples,
             confidence_interval: format!(
                 "95% percentile bootstrap over {}, {} resamples",
@@ -356,6 +359,7 @@ pub fn lock_results(
                 &model.source.name,
                 &t.spec.name,
                 &opts.intervention.ablate_first_mlp,
+                &model.model.dtype().to_string(),
             ))
         })
         .collect()
@@ -367,6 +371,7 @@ pub struct EvalCommand {
     /// Shipped task names or paths to task files.
     pub tasks: Vec<String>,
     pub model: String,
+    pub engine: Engine,
     /// `--ablate` as given: `auto` or block numbers.
     pub ablate: Option<String>,
     /// Results directory.
@@ -389,6 +394,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     let EvalCommand {
         tasks,
         model,
+        engine,
         ablate,
         out,
         mut opts,
@@ -401,7 +407,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     let ablate = parse_ablate(ablate.as_deref())?;
     // Settings that cannot give a result fail before the model loads.
     opts.check()?;
-    let model = load_model(&model)?;
+    let model = load_model(&model, engine)?;
     if let Some(a) = &ablate {
         let progress = Progress::new("ablation", "tokens", opts.quiet);
         let (blocks, rule) =

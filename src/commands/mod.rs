@@ -10,12 +10,15 @@ pub mod report;
 use anyhow::Result;
 
 use crate::io::warnings::warn;
+use crate::model::dtype::Engine;
 use crate::model::source::{self, LoadedModel};
 use analyze::Ablate;
 
-/// Loads a model, passing on what the loader has to say about its checkpoint.
-pub fn load_model(spec: &str) -> Result<LoadedModel> {
-    let loaded = source::load(spec)?;
+/// Loads a model for `engine`, passing on what the loader has to say about its
+/// checkpoint. A device this build cannot run on fails before anything is read.
+pub fn load_model(spec: &str, engine: Engine) -> Result<LoadedModel> {
+    engine.device.check_supported()?;
+    let loaded = source::load_as(spec, engine.dtype)?;
     for warning in &loaded.warnings {
         warn(warning);
     }

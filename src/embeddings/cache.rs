@@ -16,6 +16,7 @@ use crate::embeddings::pool::{Pool, Pooled};
 use crate::io::assets::cache_root;
 use crate::io::output::write_atomic;
 use crate::io::warnings::warn;
+use crate::model::dtype::Dtype;
 
 /// Bumped whenever what the cache stores changes meaning.
 const FORMAT: u32 = 1;
@@ -28,6 +29,8 @@ pub struct CacheKey<'a> {
     pub bos: String,
     pub truncate: bool,
     pub ablate: &'a [usize],
+    /// The type the weights were held in: a bf16 run must not reuse f32 vectors.
+    pub dtype: Dtype,
     pub texts: &'a [String],
 }
 
@@ -40,6 +43,11 @@ impl CacheKey<'_> {
             serde_json::to_vec(&(self.model, self.pool, &self.bos, self.truncate, self.ablate))
                 .unwrap_or_default(),
         );
+        // f32 adds nothing, so that caches written before the type joined the key
+        // stay valid.
+        if self.dtype != Dtype::F32 {
+            h.update(self.dtype.to_string().as_bytes());
+        }
         for t in self.texts {
             h.update((t.len() as u64).to_le_bytes());
             h.update(t.as_bytes());

@@ -90,6 +90,7 @@ impl<'a> Session<'a> {
             bos: self.opts.encoding.bos.to_string(),
             truncate: self.opts.encoding.truncate,
             ablate: &self.opts.intervention.ablate_first_mlp,
+            dtype: self.model.model.dtype(),
             texts,
         }
         .digest()

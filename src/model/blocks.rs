@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::dtype::Dtype;
 use super::kernels;
 
 /// The normalisation a model applies before (and, in Gemma, after) each sublayer.
@@ -14,13 +15,17 @@ pub struct Norm {
     weight: Tensor,
     bias: Option<Tensor>,
     eps: f32,
+    /// Llama's RMSNorm rounds the normalised vector to the activation type before
+    /// multiplying by the weight (in that type); Gemma's and LayerNorm round once.
+    weight_in_activation_type: bool,
 }
 
 impl Norm {
     /// RMSNorm. `weight_offset` is added to the stored weight once at load time: Gemma
     /// checkpoints store `w` and compute `x * (1 + w)`, GGUF files store `1 + w` already.
     pub fn rms(vb: VarBuilder, size: usize, eps: f64, weight_offset: f64) -> Result<Self> {
-        let weight = vb.get(size, "weight")?;
+        // Small tensors are kept in f32, holding the values the run's type rounds to.
+        let weight = vb.get(size, "weight")?.to_dtype(DType::F32)?;
         let weight = if weight_offset != 0.0 {
             (weight + weight_offset)?
         } else {
@@ -30,15 +35,26 @@ impl Norm {
             weight,
             bias: None,
             eps: eps as f32,
+            weight_in_activation_type: false,
         })
+    }
+
+    /// The same norm, rounding as Llama's RMSNorm does: normalise in f32, round to
+    /// the activation type, then multiply by the weight in that type.
+    pub fn weighted_in_activation_type(self) -> Self {
+        Self {
+            weight_in_activation_type: true,
+            ..self
+        }
     }
 
     /// LayerNorm with a bias, as GPT-2 and GPT-NeoX use.
     pub fn layer(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(size, "weight")?,
-            bias: Some(vb.get(size, "bias")?),
+            weight: vb.get(size, "weight")?.to_dtype(DType::F32)?,
+            bias: Some(vb.get(size, "bias")?.to_dtype(DType::F32)?),
             eps: eps as f32,
+            weight_in_activation_type: false,
         })
     }
 
@@ -50,7 +66,18 @@ impl Norm {
         Ok((self.weight.to_vec1()?, self.eps))
     }
 
-    /// Normalises over the last dimension.
+    /// Normalises over the last dimension, rounding the result to `dtype` where
+    /// the reference does.
+    pub fn forward_in(&self, x: &Tensor, dtype: Dtype) -> Result<Tensor> {
+        if self.weight_in_activation_type && dtype != Dtype::F32 {
+            let unit = Tensor::ones_like(&self.weight)?;
+            let normed = dtype.round(&candle_nn::ops::rms_norm(x, &unit, self.eps)?)?;
+            return dtype.round(&normed.broadcast_mul(&self.weight)?);
+        }
+        dtype.round(&self.forward(x)?)
+    }
+
+    /// Normalises over the last dimension, in f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
             None => candle_nn::ops::rms_norm(x, &self.weight, self.eps)?,
@@ -71,7 +98,7 @@ impl Linear {
     pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias {
-            Some(vb.get(out_dim, "bias")?)
+            Some(vb.get(out_dim, "bias")?.to_dtype(DType::F32)?)
         } else {
             None
         };
@@ -81,7 +108,7 @@ impl Linear {
     /// Loads a GPT-2 style `Conv1D`, whose weight is stored transposed as `[in, out]`.
     pub fn load_conv1d(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
         let weight = vb.get((in_dim, out_dim), "weight")?.t()?.contiguous()?;
-        let bias = Some(vb.get(out_dim, "bias")?);
+        let bias = Some(vb.get(out_dim, "bias")?.to_dtype(DType::F32)?);
         Ok(Self { weight, bias })
     }
 
@@ -140,13 +167,15 @@ impl Linear {
         })
     }
 
-    /// Applies the map to `[n, in]` rows.
+    /// Applies the map to `[n, in]` rows. The output is rounded to the weight's
+    /// type, as a product in that type (accumulated in f32) would be.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = kernels::matmul_t(x, &self.weight)?;
-        Ok(match &self.bias {
+        let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
-        })
+        };
+        Dtype::from_candle(self.weight.dtype())?.round(&y)
     }
 }
 
@@ -243,8 +272,9 @@ impl Mlp {
         )
     }
 
-    /// `[n, hidden]` rows in, `[n, hidden]` rows out.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `[n, hidden]` rows in, `[n, hidden]` rows out; the activation's output is
+    /// rounded to `dtype`.
+    pub fn forward(&self, x: &Tensor, dtype: Dtype) -> Result<Tensor> {
         let h = self.up.forward(x)?;
         let h = match (self.gated, self.act.fused()) {
             (true, Some(act)) => kernels::gated_act(&h, self.intermediate, act)?,
@@ -255,7 +285,7 @@ impl Mlp {
             }
             (false, _) => self.act.apply(&h)?,
         };
-        self.down.forward(&h)
+        self.down.forward(&dtype.round(&h)?)
     }
 }
 
@@ -433,15 +463,10 @@ impl Attention {
 
     /// `x`: `[b*t, hidden]` rows of sequences with real lengths `lens`. Returns the
     /// output rows and, when `want_probs`, the attention probabilities
-    /// `[b, heads, t, t]`.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        lens: &[usize],
-        len: usize,
-        rope: Option<&RopeTables>,
-        want_probs: bool,
-    ) -> Result<(Tensor, Option<Tensor>)> {
+    /// `[b, heads, t, t]`. The context is rounded to `call.dtype` before the output
+    /// projection.
+    pub fn forward(&self, x: &Tensor, call: &BlockCall) -> Result<(Tensor, Option<Tensor>)> {
+        let (lens, len, rope, want_probs) = (call.lens, call.len, call.rope, call.want_probs);
         let layout = kernels::HeadLayout {
             batch: lens.len(),
             len,
@@ -478,7 +503,7 @@ impl Attention {
                 want_probs,
             },
         )?;
-        Ok((self.out.forward(&ctx)?, probs))
+        Ok((self.out.forward(&call.dtype.round(&ctx)?)?, probs))
     }
 }
 
@@ -520,29 +545,31 @@ pub struct BlockCall<'a> {
     pub want_probs: bool,
     /// `[b*t, 1]` multiplier that zeroes the MLP output at position 0 (the ablation).
     pub mlp_keep: Option<&'a Tensor>,
+    /// The type activations are rounded to where the reference holds them in it.
+    pub dtype: Dtype,
 }
 
 impl Block {
     /// `x`: the residual stream as `[b*t, hidden]` rows.
+    /// Norm outputs and the residual stream after each add are rounded to
+    /// `call.dtype`, as the reference holds them in it.
     pub fn forward(&self, x: &Tensor, call: &BlockCall) -> Result<BlockOutput> {
-        let (attn_out, probs) = self.attn.forward(
-            &self.attn_norm.forward(x)?,
-            call.lens,
-            call.len,
-            call.rope,
-            call.want_probs,
-        )?;
+        let round = |t: &Tensor| call.dtype.round(t);
+        let norm = |n: &Norm, t: &Tensor| n.forward_in(t, call.dtype);
+        let (attn_out, probs) = self.attn.forward(&norm(&self.attn_norm, x)?, call)?;
         let attn_out = match &self.post_attn_norm {
-            Some(n) => n.forward(&attn_out)?,
+            Some(n) => norm(n, &attn_out)?,
             None => attn_out,
         };
         let mlp_in = match self.residual {
-            Residual::Sequential => (x + &attn_out)?,
+            Residual::Sequential => round(&(x + &attn_out)?)?,
             Residual::Parallel => x.clone(),
         };
-        let mlp_out = self.mlp.forward(&self.mlp_norm.forward(&mlp_in)?)?;
+        let mlp_out = self
+            .mlp
+            .forward(&norm(&self.mlp_norm, &mlp_in)?, call.dtype)?;
         let mlp_out = match &self.post_mlp_norm {
-            Some(n) => n.forward(&mlp_out)?,
+            Some(n) => norm(n, &mlp_out)?,
             None => mlp_out,
         };
         let mlp_out = match call.mlp_keep {
@@ -550,8 +577,8 @@ impl Block {
             None => mlp_out,
         };
         let resid = match self.residual {
-            Residual::Sequential => (mlp_in + &mlp_out)?,
-            Residual::Parallel => ((x + &attn_out)? + &mlp_out)?,
+            Residual::Sequential => round(&(mlp_in + &mlp_out)?)?,
+            Residual::Parallel => round(&(round(&(x + &attn_out)?)? + &mlp_out)?)?,
         };
         Ok(BlockOutput { resid, probs })
     }

@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
+use super::dtype::Dtype;
 use super::reads::Reads;
 
 /// An open GGUF file.
@@ -23,6 +24,8 @@ pub struct GgufFile {
     reader: Mutex<BufReader<File>>,
     /// GGUF names of the tensors the model's builder read.
     reads: Reads,
+    /// The type [`GgufFile::var_builder`] serves tensors in.
+    dtype: Dtype,
 }
 
 /// How one family names its tensors in GGUF (`blk.N.<gguf>`) and in Hugging Face
@@ -48,7 +51,14 @@ impl GgufFile {
             content,
             reader: Mutex::new(reader),
             reads: Reads::default(),
+            dtype: Dtype::F32,
         })
+    }
+
+    /// Serves the (dequantized) weights in `dtype`.
+    pub fn with_dtype(mut self, dtype: Dtype) -> Self {
+        self.dtype = dtype;
+        self
     }
 
     /// The file's metadata, typed.
@@ -151,11 +161,11 @@ impl GgufFile {
     }
 
     /// A builder that serves the file's tensors under Hugging Face names, dequantized
-    /// to f32 when asked for, so the whole model never sits in memory twice.
+    /// (to the file's dtype) when asked for, so the whole model never sits in memory twice.
     pub fn var_builder(&self, names: &'static GgufNames) -> VarBuilder<'_> {
         VarBuilder::from_backend(
             Box::new(GgufBackend { file: self, names }),
-            DType::F32,
+            self.dtype.candle(),
             Device::Cpu,
         )
     }

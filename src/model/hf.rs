@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device};
+use candle_core::Device;
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
+use super::dtype::Dtype;
 use super::reads::{Reads, Recording};
 
 /// A local directory holding a model in Hugging Face's layout.
@@ -16,6 +17,8 @@ pub struct HfDir {
     config: serde_json::Value,
     /// The tensors the model's builder read.
     reads: Reads,
+    /// The type [`HfDir::var_builder`] serves tensors in.
+    dtype: Dtype,
 }
 
 impl HfDir {
@@ -30,7 +33,14 @@ impl HfDir {
             path: path.to_path_buf(),
             config,
             reads: Reads::default(),
+            dtype: Dtype::F32,
         })
+    }
+
+    /// Serves the weights in `dtype`: a bf16 checkpoint read as bf16 is never widened.
+    pub fn with_dtype(mut self, dtype: Dtype) -> Self {
+        self.dtype = dtype;
+        self
     }
 
     /// `config.json` in the directory.
@@ -105,7 +115,7 @@ impl HfDir {
         };
         Ok(VarBuilder::from_backend(
             Box::new(backend),
-            DType::F32,
+            self.dtype.candle(),
             Device::Cpu,
         ))
     }

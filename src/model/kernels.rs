@@ -7,16 +7,18 @@
 //! write results straight into the layout the next step reads.
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Storage, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
-/// `x W^T` for rows `x: [m, k]` and a weight `w: [n, k]`.
+/// `x W^T` for rows `x: [m, k]` and a weight `w: [n, k]`. A bf16/f16 weight is
+/// widened to f32 for this one product (the kernels compute in f32).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
     let (n, k2) = w.dims2()?;
     if k != k2 {
         bail!("matmul: input has {k} columns, weight has {k2}");
     }
+    let w = &w.to_dtype(DType::F32)?;
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     with_f32(x, |a| {
         with_f32(w, |b| {

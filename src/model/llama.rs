@@ -219,10 +219,12 @@ fn build(vb: VarBuilder, s: Settings) -> Result<Transformer> {
             window: *window,
         })?;
         blocks.push(Block {
-            attn_norm: Norm::rms(vb.pp("input_layernorm"), hidden, s.eps, 0.0)?,
+            attn_norm: Norm::rms(vb.pp("input_layernorm"), hidden, s.eps, 0.0)?
+                .weighted_in_activation_type(),
             attn,
             post_attn_norm: None,
-            mlp_norm: Norm::rms(vb.pp("post_attention_layernorm"), hidden, s.eps, 0.0)?,
+            mlp_norm: Norm::rms(vb.pp("post_attention_layernorm"), hidden, s.eps, 0.0)?
+                .weighted_in_activation_type(),
             mlp: Mlp::load_gated(vb.pp("mlp"), hidden, c.intermediate_size, s.act)?,
             post_mlp_norm: None,
             residual: Residual::Sequential,
@@ -234,7 +236,8 @@ fn build(vb: VarBuilder, s: Settings) -> Result<Transformer> {
         None
     };
     Transformer::new(TransformerParts {
-        final_norm: Norm::rms(vb.pp("model.norm"), hidden, s.eps, 0.0)?,
+        final_norm: Norm::rms(vb.pp("model.norm"), hidden, s.eps, 0.0)?
+            .weighted_in_activation_type(),
         config: s.config,
         embed,
         embed_scale: None,

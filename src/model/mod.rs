@@ -4,6 +4,7 @@
 
 pub mod blocks;
 pub mod capture;
+pub mod dtype;
 pub mod fingerprint;
 pub mod gemma3;
 pub mod gguf;
@@ -17,13 +18,14 @@ pub mod source;
 pub mod tokenizer;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::model::capture::{Batch, Capture};
 use crate::model::gguf::GgufFile;
 use crate::model::hf::HfDir;
 use blocks::{Block, BlockCall, Norm, RopeTables, Rotary};
+use dtype::{DeviceSpec, Dtype};
 
 /// The shape of a model, whatever its architecture.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +56,8 @@ pub struct Transformer {
     /// `[vocab, hidden]`; the same tensor as `embed` when the model ties them.
     lm_head: Tensor,
     logit_softcap: Option<f64>,
+    /// The type the big matrices are held in and activations rounded to.
+    dtype: Dtype,
 }
 
 /// Everything an architecture file provides to build a [`Transformer`].
@@ -97,16 +101,33 @@ impl Transformer {
             );
         }
         let lm_head = p.lm_head.unwrap_or_else(|| p.embed.clone());
+        // The loader serves every weight in the run's type; the table says which.
+        let dtype = Dtype::from_candle(p.embed.dtype())?;
+        let positions = match p.positions {
+            Some(pos) => Some(pos.to_dtype(DType::F32)?),
+            None => None,
+        };
         Ok(Self {
+            dtype,
             config: p.config,
             embed: p.embed,
             embed_scale: p.embed_scale,
-            positions: p.positions,
+            positions,
             blocks: p.blocks,
             final_norm: p.final_norm,
             lm_head,
             logit_softcap: p.logit_softcap,
         })
+    }
+
+    /// The type the weights are held in and activations rounded to.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The device the model runs on: the fused kernels are CPU-only.
+    pub fn device(&self) -> DeviceSpec {
+        DeviceSpec::Cpu
     }
 
     /// The number of blocks (layers above the embeddings).
@@ -128,10 +149,11 @@ impl Transformer {
         check_ablated_blocks(&intervention.ablate_first_mlp, self.num_layers())?;
         let device = Device::Cpu;
         let ids = batch.ids.flatten_all()?;
-        let mut x = self.embed.embedding(&ids)?;
+        let dtype = self.dtype;
+        let mut x = self.embed.embedding(&ids)?.to_dtype(DType::F32)?;
         if let Some(scale) = self.embed_scale {
             // The reference rounds the scale to the activation dtype first.
-            x = (x * (scale as f32) as f64)?;
+            x = dtype.round(&(x * dtype.round_scalar(scale)?)?)?;
         }
         if let Some(pos) = &self.positions {
             if t > pos.dim(0)? {
@@ -141,10 +163,11 @@ impl Transformer {
                 );
             }
             let p = pos.narrow(0, 0, t)?;
-            x = x
-                .reshape((b, t, hidden))?
-                .broadcast_add(&p)?
-                .reshape((b * t, hidden))?;
+            x = dtype.round(
+                &x.reshape((b, t, hidden))?
+                    .broadcast_add(&p)?
+                    .reshape((b * t, hidden))?,
+            )?;
         }
         capture.on_resid(0, &x.reshape((b, t, hidden))?, batch)?;
         if depth == 0 {
@@ -186,6 +209,7 @@ impl Transformer {
                     rope,
                     want_probs: capture.wants_attention(layer),
                     mlp_keep: if ablate { mlp_keep.as_ref() } else { None },
+                    dtype,
                 },
             )?;
             if let Some(probs) = &out.probs {
@@ -199,13 +223,14 @@ impl Transformer {
 
     /// The final norm, as the model applies it before unembedding.
     pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
-        self.final_norm.forward(h)
+        self.final_norm.forward_in(h, self.dtype)
     }
 
     /// Logits for residual-stream rows `[n, hidden]` of any layer: the final norm,
     /// then the unembedding (the logit lens when the rows come from a middle layer).
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
         let logits = kernels::matmul_t(&self.final_norm(h)?.contiguous()?, &self.lm_head)?;
+        let logits = self.dtype.round(&logits)?;
         Ok(match self.logit_softcap {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::dtype::Dtype;
 use super::fingerprint::Snapshot;
 
 use crate::hub::{Hub, HubRepo};
@@ -134,20 +135,25 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
     )
 }
 
-/// Resolves and loads a model with its tokenizer.
+/// Resolves and loads a model with its tokenizer, in f32.
 pub fn load(spec: &str) -> Result<LoadedModel> {
+    load_as(spec, Dtype::F32)
+}
+
+/// Resolves and loads a model with its tokenizer, its weights held in `dtype`.
+pub fn load_as(spec: &str, dtype: Dtype) -> Result<LoadedModel> {
     let source = resolve(spec)?;
     let files = Snapshot::take(source.files()?)?;
-    let loaded = load_files(source, files)?;
+    let loaded = load_files(source, files, dtype)?;
     // A file replaced while it was read would give weights no digest describes.
     loaded.files.check_unchanged()?;
     Ok(loaded)
 }
 
-fn load_files(source: ModelSource, files: Snapshot) -> Result<LoadedModel> {
+fn load_files(source: ModelSource, files: Snapshot, dtype: Dtype) -> Result<LoadedModel> {
     match source.format {
         Format::Gguf => {
-            let file = gguf::GgufFile::open(&source.path)?;
+            let file = gguf::GgufFile::open(&source.path)?.with_dtype(dtype);
             let tokenizer = TextTokenizer::from_gguf(&file.content)
                 .with_context(|| format!("building the tokenizer of {}", source.path.display()))?;
             let model = models::from_gguf(&file)
@@ -163,7 +169,7 @@ fn load_files(source: ModelSource, files: Snapshot) -> Result<LoadedModel> {
             })
         }
         Format::Safetensors => {
-            let dir = hf::HfDir::open(&source.path)?;
+            let dir = hf::HfDir::open(&source.path)?.with_dtype(dtype);
             let tokenizer_path = dir.tokenizer_path();
             if !tokenizer_path.is_file() {
                 bail!("{} has no tokenizer.json", source.path.display());

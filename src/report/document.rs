@@ -9,7 +9,6 @@ use super::evals::{grid_table, scores_table, verdict_table, verdicts};
 pub use super::plots::Plot;
 use super::results::Results;
 pub use super::table::{Cell, Table};
-use super::text::run_label;
 
 /// Everything one report shows.
 #[derive(Debug)]
@@ -95,11 +94,7 @@ pub fn build<'a>(results: &Results, plots: &'a [Plot], generated: String) -> Doc
         let lists = verdicts
             .iter()
             .map(|v| List {
-                heading: format!(
-                    "Where it does not hold for {}, {}:",
-                    v.model,
-                    run_label(&v.ablate)
-                ),
+                heading: format!("Where it does not hold for {}, {}:", v.model, v.run),
                 items: v.disagreements.clone(),
             })
             .collect();

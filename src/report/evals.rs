@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use super::table::{Cell, Table};
-use super::text::{chance_text, fmt_score, holds_on, metric_label, pooling, run_label, verdict};
+use super::text::{
+    chance_text, eval_run_label, fmt_score, holds_on, metric_label, pooling, verdict,
+};
 use crate::results::eval::EvalResult;
 
 /// The result's peak score cell, marked "no signal" where it is not above chance:
@@ -32,7 +34,7 @@ pub fn grid_table(evals: &[EvalResult]) -> Table {
     // Keyed so that each task's baseline comes before its ablated runs.
     let mut rows: BTreeMap<(&str, bool, String), (String, Vec<Cell>)> = BTreeMap::new();
     for r in evals {
-        let run = run_label(&r.settings.ablate);
+        let run = eval_run_label(&r.settings);
         let (_, cells) = rows
             .entry((r.task.name.as_str(), !r.settings.ablate.is_empty(), run))
             .or_insert_with(|| (metric_label(r), vec![Cell::text("–"); models.len()]));
@@ -94,7 +96,7 @@ pub fn scores_table(evals: &[EvalResult]) -> Table {
                 Cell::text(metric_label(r)),
                 Cell::text(pooling(r)),
                 Cell::text(&r.model.name),
-                Cell::text(run_label(&r.settings.ablate)),
+                Cell::text(eval_run_label(&r.settings)),
                 Cell::number(
                     format!("{} / {}", r.peak.layer, r.last.layer),
                     r.peak.layer as f64,
@@ -142,6 +144,8 @@ pub struct Verdict {
     pub model: String,
     /// Blocks ablated in these runs (empty: the unmodified model).
     pub ablate: Vec<usize>,
+    /// The runs' label: the ablation, and the dtype and device where not f32 on the CPU.
+    pub run: String,
     pub tasks: usize,
     pub agree: usize,
     /// One line per task where the prediction does not hold.
@@ -151,18 +155,21 @@ pub struct Verdict {
 /// Verdicts per model and run, from each result's `prediction.holds`; the baseline
 /// before ablated runs.
 pub fn verdicts(evals: &[EvalResult]) -> Vec<Verdict> {
-    let mut groups: BTreeMap<(&str, &[usize]), Vec<&EvalResult>> = BTreeMap::new();
+    type Group<'a> = (&'a str, &'a [usize], &'a str, &'a str);
+    let mut groups: BTreeMap<Group, Vec<&EvalResult>> = BTreeMap::new();
     for r in evals {
+        let s = &r.settings;
         groups
-            .entry((&r.model.name, &r.settings.ablate))
+            .entry((&r.model.name, &s.ablate, &s.dtype, &s.device))
             .or_default()
             .push(r);
     }
     groups
         .into_iter()
-        .map(|((model, ablate), runs)| Verdict {
+        .map(|((model, ablate, _, _), runs)| Verdict {
             model: model.into(),
             ablate: ablate.to_vec(),
+            run: eval_run_label(&runs[0].settings),
             tasks: runs.len(),
             agree: runs.iter().filter(|r| r.prediction.holds).count(),
             disagreements: runs
@@ -218,7 +225,7 @@ pub fn verdict_table(verdicts: &[Verdict]) -> Table {
         .map(|v| {
             vec![
                 Cell::text(&v.model),
-                Cell::text(run_label(&v.ablate)),
+                Cell::text(&v.run),
                 Cell::number(v.tasks.to_string(), v.tasks as f64),
                 Cell::number(v.agree.to_string(), v.agree as f64),
                 Cell::number((v.tasks - v.agree).to_string(), (v.tasks - v.agree) as f64),

@@ -14,7 +14,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::results::Results;
-use super::text::{metric_label, run_label};
+use super::text::{eval_run_label, metric_label, run_label};
 use crate::results::analyze::{AnalyzeResult, LayerStats, Span};
 use crate::results::eval::{file_safe, EvalResult};
 
@@ -369,10 +369,11 @@ fn task_plot(runs: &[&EvalResult], colour: &dyn Fn(&str) -> RGBColor) -> Result<
     let series = runs
         .iter()
         .map(|r| {
-            let label = if r.settings.ablate.is_empty() {
+            let run = eval_run_label(&r.settings);
+            let label = if run == run_label(&[]) {
                 r.model.name.clone()
             } else {
-                format!("{}, {}", r.model.name, run_label(&r.settings.ablate))
+                format!("{}, {run}", r.model.name)
             };
             Series {
                 label,

@@ -93,7 +93,7 @@ pub fn load(dir: &Path) -> Result<Results> {
                 kept.display(),
                 a.model.name,
                 a.task.name,
-                super::text::run_label(&a.settings.ablate),
+                super::text::eval_run_label(&a.settings),
                 kept.display()
             ),
         ))
@@ -122,8 +122,9 @@ pub fn load(dir: &Path) -> Result<Results> {
 
 /// Report order of eval results, which is also their identity: one result per task,
 /// model and ablation.
-fn eval_key(r: &EvalResult) -> (&str, &str, &[usize]) {
-    (&r.task.name, &r.model.name, &r.settings.ablate)
+fn eval_key(r: &EvalResult) -> (&str, &str, &[usize], &str, &str) {
+    let s = &r.settings;
+    (&r.task.name, &r.model.name, &s.ablate, &s.dtype, &s.device)
 }
 
 /// Drops neighbours that `same` says are duplicates: it returns whether to keep the

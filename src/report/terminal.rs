@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::text::{chance_text, fmt_score, holds_on, pooling, short, verdict};
+use super::text::{chance_text, fmt_score, holds_on, pooling, precision, short, verdict};
 use crate::model::source::ModelInfo;
 use crate::results::analyze::AnalyzeResult;
 use crate::results::eval::EvalResult;
@@ -52,10 +52,12 @@ pub fn eval_table(r: &EvalResult) -> String {
         Some(_) => format!(", pool {}", pooling(r)),
         None => String::new(),
     };
+    let s = &r.settings;
+    let precision = precision(s).map(|p| format!(", {p}")).unwrap_or_default();
     let _ = writeln!(
         out,
-        "{} on {}: {} by layer ({:?}{pool}; {})",
-        r.task.name, r.model.name, r.task.metric, r.task.kind, r.settings.confidence_interval
+        "{} on {}: {} by layer ({:?}{pool}{precision}; {})",
+        r.task.name, r.model.name, r.task.metric, r.task.kind, s.confidence_interval
     );
     let _ = writeln!(out, "{}", chance_line(r));
     let extra: Vec<&String> = r

@@ -1,7 +1,7 @@
 //! Numbers and phrases that every view of the report writes the same way: scores,
 //! short numbers, runs, verdicts and chance levels.
 
-use crate::results::eval::EvalResult;
+use crate::results::eval::{default_device, default_dtype, EvalResult, Settings};
 use crate::stats::scores::Chance;
 
 /// Scores near 1 with four decimals; large ones (perplexities) with fewer.
@@ -44,6 +44,25 @@ pub fn run_label(ablate: &[usize]) -> String {
         "baseline".into()
     } else {
         format!("ablated in {}", blocks(ablate))
+    }
+}
+
+/// "bf16 on cpu" for a run not in the exact f32-on-CPU default; `None` for one in it,
+/// so that reports of f32 runs read as they always did.
+pub fn precision(s: &Settings) -> Option<String> {
+    if s.dtype == default_dtype() && s.device == default_device() {
+        None
+    } else {
+        Some(format!("{} on {}", s.dtype, s.device))
+    }
+}
+
+/// An eval run's label: [`run_label`], then its [`precision`] where it has one.
+pub fn eval_run_label(s: &Settings) -> String {
+    let run = run_label(&s.ablate);
+    match precision(s) {
+        Some(p) => format!("{run}, {p}"),
+        None => run,
     }
 }
 

@@ -28,6 +28,12 @@ pub struct Settings {
     pub svd: String,
     pub summary: String,
     pub harness_version: String,
+    /// The type the weights were held in; files written before it was recorded were f32.
+    #[serde(default = "crate::results::eval::default_dtype")]
+    pub dtype: String,
+    /// The device the model ran on; before it was recorded, the CPU.
+    #[serde(default = "crate::results::eval::default_device")]
+    pub device: String,
     pub seconds: f64,
 }
 
@@ -112,8 +118,17 @@ mod tests {
             // Attention metrics are null at layer 0 and read as missing.
             assert_eq!(r.layers[0].mean("sink_rate"), None);
             assert!(r.layers[1].std("sink_rate").is_some());
-            let written: serde_json::Value = serde_json::to_value(&r).unwrap();
+            let mut written: serde_json::Value = serde_json::to_value(&r).unwrap();
             let read: serde_json::Value = serde_json::from_str(&text).unwrap();
+            // Files from before dtype and device were recorded read as f32 on the CPU
+            // and gain the two fields when written again; nothing else may change.
+            for key in ["dtype", "device"] {
+                if read["settings"].get(key).is_none() {
+                    let settings = written["settings"].as_object_mut().unwrap();
+                    let default = settings.remove(key).unwrap();
+                    assert_eq!(default, if key == "dtype" { "f32" } else { "cpu" });
+                }
+            }
             assert_eq!(written, read, "{}", path.display());
         }
     }

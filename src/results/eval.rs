@@ -102,8 +102,25 @@ pub struct Settings {
     pub truncate: bool,
     /// Blocks whose MLP output at position 0 was dropped.
     pub ablate: Vec<usize>,
+    /// The type the weights were held in (`f32`, `bf16`, `f16`); files written
+    /// before it was recorded were f32.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// The device the model ran on; files written before it was recorded ran on the CPU.
+    #[serde(default = "default_device")]
+    pub device: String,
     pub resamples: usize,
     pub confidence_interval: String,
+}
+
+/// The dtype of results written before it was recorded.
+pub fn default_dtype() -> String {
+    "f32".into()
+}
+
+/// The device of results written before it was recorded.
+pub fn default_device() -> String {
+    "cpu".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,24 +181,33 @@ impl EvalResult {
 }
 
 /// Where a result goes: `DIR/<model>/<task>.json`, or `<task>.ablate-<blocks>.json`
-/// for a run with the ablation, so that it sits next to the baseline instead of
-/// replacing it.
+/// for a run with the ablation, and `.<dtype>` before `.json` for a run not in f32,
+/// so that each sits next to the f32 baseline instead of replacing it.
 pub fn result_path(dir: &Path, result: &EvalResult) -> PathBuf {
     result_file(
         dir,
         &result.model.name,
         &result.task.name,
         &result.settings.ablate,
+        &result.settings.dtype,
     )
 }
 
-pub(crate) fn result_file(dir: &Path, model: &str, task: &str, ablate: &[usize]) -> PathBuf {
-    let suffix = if ablate.is_empty() {
-        String::new()
-    } else {
+pub(crate) fn result_file(
+    dir: &Path,
+    model: &str,
+    task: &str,
+    ablate: &[usize],
+    dtype: &str,
+) -> PathBuf {
+    let mut suffix = String::new();
+    if !ablate.is_empty() {
         let blocks: Vec<String> = ablate.iter().map(usize::to_string).collect();
-        format!(".ablate-{}", blocks.join("-"))
-    };
+        suffix = format!(".ablate-{}", blocks.join("-"));
+    }
+    if dtype != default_dtype() {
+        suffix = format!("{suffix}.{}", file_safe(dtype));
+    }
     dir.join(file_safe(model))
         .join(format!("{}{suffix}.json", file_safe(task)))
 }

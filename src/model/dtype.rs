@@ -1,0 +1,164 @@
+//! The number type a model's weights are held in and its activations rounded to
+//! (`--dtype`), and the device it runs on (`--device`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The precision of a run. The CPU kernels always compute in f32; in bf16 and f16
+/// the big matrices are stored in that type and activations are rounded to it
+/// wherever the reference implementation holds them in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Dtype {
+    /// The candle type weights are held in.
+    pub fn candle(self) -> DType {
+        match self {
+            Dtype::F32 => DType::F32,
+            Dtype::Bf16 => DType::BF16,
+            Dtype::F16 => DType::F16,
+        }
+    }
+
+    /// The run's type from the type the loader served weights in.
+    pub fn from_candle(d: DType) -> Result<Self> {
+        Ok(match d {
+            DType::F32 => Dtype::F32,
+            DType::BF16 => Dtype::Bf16,
+            DType::F16 => Dtype::F16,
+            other => bail!("weights held as {other:?}: expected f32, bf16 or f16"),
+        })
+    }
+
+    /// `t` (f32) rounded to this type and held as f32 again: the value a reference
+    /// run in this type would hold at this point. A no-op in f32.
+    pub fn round(self, t: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Dtype::F32 => t.clone(),
+            d => t.to_dtype(d.candle())?.to_dtype(DType::F32)?,
+        })
+    }
+
+    /// A scalar rounded to this type, as the reference rounds constants it multiplies by.
+    pub fn round_scalar(self, x: f64) -> Result<f64> {
+        let t = Tensor::new(&[x as f32], &candle_core::Device::Cpu)?;
+        Ok(self.round(&t)?.to_vec1::<f32>()?[0] as f64)
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::F16 => "f16",
+        })
+    }
+}
+
+impl FromStr for Dtype {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "f32" => Dtype::F32,
+            "bf16" => Dtype::Bf16,
+            "f16" => Dtype::F16,
+            other => bail!("unknown dtype '{other}': expected f32, bf16 or f16"),
+        })
+    }
+}
+
+/// How a command runs its model: the type its weights are held in and the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Engine {
+    pub dtype: Dtype,
+    pub device: DeviceSpec,
+}
+
+/// Where a model runs. Only the CPU has an engine in this build; the others parse so
+/// that results and errors can name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    /// A CUDA GPU by ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    /// Fails, in one line, unless this build can run a model on the device.
+    pub fn check_supported(self) -> Result<()> {
+        match self {
+            DeviceSpec::Cpu => Ok(()),
+            DeviceSpec::Cuda(_) if !cfg!(feature = "cuda") => {
+                bail!("--device cuda needs a build with the `cuda` feature (scripts/build_cuda.sh)")
+            }
+            DeviceSpec::Cuda(_) => bail!(
+                "--device {self}: the GPU engine path is not implemented yet (the fused kernels are CPU-only); use --device cpu"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let ordinal = |n: &str| {
+            n.parse::<usize>()
+                .map_err(|_| anyhow::anyhow!("bad CUDA device number in '{s}'"))
+        };
+        Ok(match s {
+            "cpu" => DeviceSpec::Cpu,
+            "cuda" => DeviceSpec::Cuda(0),
+            _ => match s.strip_prefix("cuda:") {
+                Some(n) => DeviceSpec::Cuda(ordinal(n)?),
+                None => bail!("unknown device '{s}': expected cpu, cuda or cuda:N"),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_rounding_is_exact_in_f32() {
+        for d in [Dtype::F32, Dtype::Bf16, Dtype::F16] {
+            assert_eq!(d.to_string().parse::<Dtype>().unwrap(), d);
+        }
+        assert!("f64".parse::<Dtype>().is_err());
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!(
+            "cuda:1".parse::<DeviceSpec>().unwrap().to_string(),
+            "cuda:1"
+        );
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        assert!(DeviceSpec::Cpu.check_supported().is_ok());
+        let x = 1.0 + 1.0 / 1024.0;
+        assert_eq!(Dtype::F32.round_scalar(x).unwrap(), x);
+        assert_eq!(Dtype::Bf16.round_scalar(x).unwrap(), 1.0);
+        assert_eq!(Dtype::F16.round_scalar(x).unwrap(), x);
+    }
+}
