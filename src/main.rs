@@ -159,9 +159,10 @@ struct RunArgs {
     /// Cut texts longer than the model's context instead of refusing them.
     #[arg(long)]
     truncate: bool,
-    /// The type weights are held in and activations rounded to: f32 (exact), bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    dtype: Dtype,
+    /// The type weights are held in and activations rounded to: f32 (exact), bf16 or
+    /// f16 (default: f32 on the CPU, bf16 on a GPU).
+    #[arg(long)]
+    dtype: Option<Dtype>,
     /// Where the model runs: cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
@@ -174,7 +175,7 @@ impl RunArgs {
 
     fn engine(&self) -> Engine {
         Engine {
-            dtype: self.dtype,
+            dtype: self.dtype.unwrap_or(self.device.default_dtype()),
             device: self.device,
         }
     }

@@ -3,6 +3,10 @@
 //! inputs, on the two shipped GGUF models and a tiny model of each safetensors
 //! architecture, and the tiny models once more in bf16 (hidden states and final norm,
 //! `<case>.bf16.safetensors`). Golden files come from `scripts/reference/make_goldens.py`.
+//!
+//! Every case runs on the fused CPU kernels and again on the tensor ops a GPU runs
+//! (on the CPU here). `HARNESS_TEST_DEVICE=cuda` runs them all on a GPU instead, in a
+//! CUDA build (`scripts/gpu_check.sh`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,8 +14,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use harness::io::progress::Progress;
+use harness::model::blocks::Ops;
 use harness::model::capture::{self, Batch, BatchPlan, Capture, CapturePoint};
-use harness::model::dtype::Dtype;
+use harness::model::dtype::{DeviceSpec, Dtype, Engine};
 use harness::model::kernels::with_f32;
 use harness::model::source::{self, LoadedModel};
 use harness::model::tokenizer::BosPolicy;
@@ -70,7 +75,25 @@ fn load_model_as(spec: &str, dtype: Dtype) -> LoadedModel {
     } else {
         spec.to_string()
     };
-    source::load_as(&spec, dtype).unwrap_or_else(|e| panic!("{e:#} (run scripts/fetch_assets.py)"))
+    let engine = Engine {
+        dtype,
+        device: device(),
+    };
+    source::load_on(&spec, engine).unwrap_or_else(|e| panic!("{e:#} (run scripts/fetch_assets.py)"))
+}
+
+/// The device the cases run on: `HARNESS_TEST_DEVICE` (e.g. `cuda`), else the CPU.
+fn device() -> DeviceSpec {
+    match std::env::var("HARNESS_TEST_DEVICE") {
+        Ok(d) => d.parse().unwrap(),
+        Err(_) => DeviceSpec::Cpu,
+    }
+}
+
+/// The model computing with candle's tensor ops, the GPU's code path, wherever it is.
+fn with_tensor_ops(mut model: LoadedModel) -> LoadedModel {
+    model.model.set_ops(Ops::Tensor).unwrap();
+    model
 }
 
 impl Golden {
@@ -301,8 +324,13 @@ fn check_case(case: &str) {
 
 /// Checks `model` (a `--model` argument) against the golden activations of `case`.
 fn check_model(case: &str, model: &str) {
+    check_loaded(case, &load_model(model));
+}
+
+/// Checks a loaded model against the golden activations of `case`.
+fn check_loaded(case: &str, model: &LoadedModel) {
     let g = golden(case);
-    let model = load_model(model);
+    let ops = model.model.ops();
     assert_eq!(model.model.num_layers(), g.meta.num_layers);
 
     let ids: Vec<Vec<u32>> = g
@@ -314,12 +342,12 @@ fn check_model(case: &str, model: &str) {
     assert_eq!(ids, g.ids(), "{case}: token ids differ from transformers");
 
     for batched in [false, true] {
-        let (err, at) = compare(&model, &g, batched);
+        let (err, at) = compare(model, &g, batched);
         let mode = if batched { "padded batch" } else { "single" };
-        eprintln!("{case} ({mode}): worst relative error {err:.2e} at {at}");
+        eprintln!("{case} ({mode}, {ops:?}): worst relative error {err:.2e} at {at}");
         assert!(
             err <= TOLERANCE,
-            "{case} ({mode}): relative error {err:.2e} at {at} exceeds {TOLERANCE:.0e}"
+            "{case} ({mode}, {ops:?}): relative error {err:.2e} at {at} exceeds {TOLERANCE:.0e}"
         );
     }
 }
@@ -480,16 +508,55 @@ fn bf16_errors(model: &LoadedModel, g: &Golden, shift: usize) -> Vec<Option<f32>
 
 /// Checks a tiny model loaded in bf16 against transformers' bf16 golden of `case`.
 fn check_bf16(case: &str, model: &str) {
+    check_bf16_loaded(case, &load_model_as(model, Dtype::Bf16));
+}
+
+/// Checks a model loaded in bf16 against transformers' bf16 golden of `case`.
+fn check_bf16_loaded(case: &str, model: &LoadedModel) {
     let g = golden_bf16(case);
-    let model = load_model_as(model, Dtype::Bf16);
-    let errors = bf16_errors(&model, &g, 0);
-    eprintln!("{case} bf16: per-layer worst row error {}", show(&errors));
+    let ops = model.model.ops();
+    let errors = bf16_errors(model, &g, 0);
+    eprintln!(
+        "{case} bf16 ({ops:?}): per-layer worst row error {}",
+        show(&errors)
+    );
     for (l, err) in errors.iter().enumerate() {
         let err = err.unwrap();
         assert!(
             err <= BF16_TOLERANCE,
-            "{case} bf16: layer {l} relative error {err:.2e} exceeds {BF16_TOLERANCE:.0e}"
+            "{case} bf16 ({ops:?}): layer {l} relative error {err:.2e} exceeds {BF16_TOLERANCE:.0e}"
         );
+    }
+}
+
+/// Every case by its golden name and the model it loads.
+const CASES: [(&str, &str); 10] = [
+    ("smollm2", "smollm2"),
+    ("gemma3", "gemma3"),
+    ("tiny-llama", "tests/fixtures/tiny-llama"),
+    ("tiny-mistral", "tests/fixtures/tiny-mistral"),
+    ("tiny-qwen2", "tests/fixtures/tiny-qwen2"),
+    ("tiny-qwen2", "tests/fixtures/tiny-qwen2.gguf"),
+    ("tiny-mistral", "tests/fixtures/tiny-mistral.gguf"),
+    ("tiny-gemma3", "tests/fixtures/tiny-gemma3"),
+    ("tiny-gpt_neox", "tests/fixtures/tiny-gpt_neox"),
+    ("tiny-gpt2", "tests/fixtures/tiny-gpt2"),
+];
+
+/// The GPU's code path, candle's tensor ops, run on the CPU against every f32
+/// golden: the same tolerance as the fused kernels.
+#[test]
+fn every_case_matches_transformers_with_tensor_ops() {
+    for (case, model) in CASES {
+        check_loaded(case, &with_tensor_ops(load_model(model)));
+    }
+}
+
+/// The tensor ops in bf16 against every bf16 golden (the tiny models).
+#[test]
+fn every_bf16_case_matches_transformers_with_tensor_ops() {
+    for (case, model) in CASES.iter().filter(|(_, m)| m.starts_with("tests/")) {
+        check_bf16_loaded(case, &with_tensor_ops(load_model_as(model, Dtype::Bf16)));
     }
 }
 

@@ -17,8 +17,7 @@ use analyze::Ablate;
 /// Loads a model for `engine`, passing on what the loader has to say about its
 /// checkpoint. A device this build cannot run on fails before anything is read.
 pub fn load_model(spec: &str, engine: Engine) -> Result<LoadedModel> {
-    engine.device.check_supported()?;
-    let loaded = source::load_as(spec, engine.dtype)?;
+    let loaded = source::load_on(spec, engine)?;
     for warning in &loaded.warnings {
         warn(warning);
     }

@@ -1,11 +1,12 @@
 //! Pooling: how every layer's token vectors become one vector per text, and the
-//! capture that keeps those vectors.
+//! capture that keeps those vectors. On a GPU the pooling happens there, so that per
+//! batch only the pooled `[texts, layers, pools, hidden]` floats cross to the host.
 
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::Result;
-use candle_core::Tensor;
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::capture::{Batch, Capture};
@@ -77,6 +78,12 @@ pub struct PooledCapture {
     outputs: Vec<(Pool, Pooled)>,
     /// For each input text, the `(output, row)` slots its vectors fill.
     targets: Vec<Vec<(usize, usize)>>,
+    /// The distinct poolings of `outputs`, and each output's place among them.
+    pools: Vec<Pool>,
+    pool_of: Vec<usize>,
+    /// The current batch's layers pooled on its device, `[b, pools, hidden]` each,
+    /// copied to the host together after its last layer.
+    pending: Vec<Tensor>,
 }
 
 impl PooledCapture {
@@ -107,7 +114,7 @@ impl PooledCapture {
                 targets[i].push((o, r));
             }
         }
-        let outputs = requests
+        let outputs: Vec<(Pool, Pooled)> = requests
             .into_iter()
             .map(|(pool, rows)| {
                 let n = rows.len();
@@ -123,11 +130,25 @@ impl PooledCapture {
                 )
             })
             .collect();
+        let mut pools: Vec<Pool> = Vec::new();
+        let pool_of = outputs
+            .iter()
+            .map(|(pool, _)| match pools.iter().position(|p| p == pool) {
+                Some(at) => at,
+                None => {
+                    pools.push(*pool);
+                    pools.len() - 1
+                }
+            })
+            .collect();
         Self {
             layers,
             hidden,
             outputs,
             targets,
+            pools,
+            pool_of,
+            pending: Vec::new(),
         }
     }
 
@@ -199,6 +220,17 @@ impl Capture for PooledCapture {
     }
 
     fn on_resid(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()> {
+        if resid.device().is_cpu() {
+            self.pool_on_host(layer, resid, batch)
+        } else {
+            self.pool_on_device(layer, resid, batch)
+        }
+    }
+}
+
+impl PooledCapture {
+    /// Pools one layer from the token vectors in host memory, summing in f64.
+    fn pool_on_host(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()> {
         let (d, t, layers) = (self.hidden, batch.len, self.layers);
         let mut acc = vec![0f64; d];
         with_f32(resid, |h| {
@@ -219,5 +251,89 @@ impl Capture for PooledCapture {
                 }
             }
         })
+    }
+
+    /// Pools one layer where `resid` lives, as one batched product of per-row pooling
+    /// weights `[b, pools, t]` with the token vectors `[b, t, hidden]`; after the last
+    /// layer the batch's pooled vectors come to the host in one copy, so the device
+    /// is not made to wait once per layer.
+    fn pool_on_device(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()> {
+        if layer != self.pending.len() {
+            bail!(
+                "layer {layer} arrived after {} pooled layers",
+                self.pending.len()
+            );
+        }
+        let (b, t) = (batch.size(), batch.len);
+        let mut weights = vec![0f32; b * self.pools.len() * t];
+        for (row, &len) in batch.lens.iter().enumerate() {
+            for (p, pool) in self.pools.iter().enumerate() {
+                let (from, to) = pool.span(len);
+                let w = &mut weights[(row * self.pools.len() + p) * t..][..t];
+                w[from..to].fill(1.0 / (to - from) as f32);
+            }
+        }
+        let weights = Tensor::from_vec(weights, (b, self.pools.len(), t), resid.device())?;
+        self.pending.push(weights.matmul(&resid.contiguous()?)?);
+        if layer + 1 < self.layers {
+            return Ok(());
+        }
+        // [b, layers, pools, hidden] on the host.
+        let pooled = Tensor::stack(&std::mem::take(&mut self.pending), 1)?;
+        let pooled = pooled
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let (d, layers, pools) = (self.hidden, self.layers, self.pools.len());
+        for (row, &index) in batch.index.iter().enumerate() {
+            for &(o, r) in &self.targets[index] {
+                let p = self.pool_of[o];
+                let out = &mut self.outputs[o].1;
+                for l in 0..layers {
+                    let src = &pooled[((row * layers + l) * pools + p) * d..][..d];
+                    out.data[(r * layers + l) * d..][..d].copy_from_slice(src);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pooling a GPU's tensors take (one batched product, copied once after the
+    /// last layer) gives the host's vectors; run here on CPU tensors.
+    #[test]
+    fn pooling_on_the_device_matches_the_host() {
+        let (layers, hidden) = (3, 4);
+        let seqs = vec![(2, vec![5, 6, 7]), (0, vec![8]), (1, vec![9, 10])];
+        let batch = Batch::new(seqs, 0).unwrap();
+        let requests = vec![
+            (Pool::Mean, vec![0, 1, 2]),
+            (Pool::Last, vec![2, 0]),
+            (Pool::MeanSkipFirst, vec![1, 2]),
+            (Pool::Mean, vec![2]),
+        ];
+        let mut host = PooledCapture::gather(requests.clone(), 3, layers - 1, hidden);
+        let mut device = PooledCapture::gather(requests, 3, layers - 1, hidden);
+        for layer in 0..layers {
+            let values: Vec<f32> = (0..3 * 3 * hidden)
+                .map(|i| {
+                    ((i * 7 + layer * 13) % 23) as f32 - 11.0 + 1e4 * (i % hidden == 1) as u8 as f32
+                })
+                .collect();
+            let resid = Tensor::from_vec(values, (3, 3, hidden), &Device::Cpu).unwrap();
+            host.on_resid(layer, &resid, &batch).unwrap();
+            device.pool_on_device(layer, &resid, &batch).unwrap();
+        }
+        for ((p, h), (q, d)) in host.into_pooled().iter().zip(device.into_pooled().iter()) {
+            assert_eq!(p, q);
+            for (a, b) in h.data.iter().zip(&d.data) {
+                assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{p}: {a} vs {b}");
+            }
+            assert!(h.data.iter().any(|&x| x != 0.0));
+        }
     }
 }

@@ -7,7 +7,34 @@ use candle_core::{DType, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::dtype::Dtype;
-use super::kernels;
+use super::{kernels, tensor_ops};
+
+/// Which code computes the forward pass: the fused CPU kernels, or candle's tensor
+/// ops, which run on any device (cuBLAS on a GPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ops {
+    Fused,
+    Tensor,
+}
+
+impl Ops {
+    /// The fused kernels on the CPU, tensor ops elsewhere.
+    pub fn for_device(device: &candle_core::Device) -> Self {
+        if device.is_cpu() {
+            Ops::Fused
+        } else {
+            Ops::Tensor
+        }
+    }
+
+    /// `x W^T` for rows `x: [m, k]` and a weight `w: [n, k]`, as f32.
+    pub fn matmul_t(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match self {
+            Ops::Fused => kernels::matmul_t(x, w),
+            Ops::Tensor => tensor_ops::matmul_t(x, w),
+        }
+    }
+}
 
 /// The normalisation a model applies before (and, in Gemma, after) each sublayer.
 #[derive(Debug, Clone)]
@@ -169,8 +196,8 @@ impl Linear {
 
     /// Applies the map to `[n, in]` rows. The output is rounded to the weight's
     /// type, as a product in that type (accumulated in f32) would be.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = kernels::matmul_t(x, &self.weight)?;
+    pub fn forward(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
+        let y = ops.matmul_t(x, &self.weight)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -274,9 +301,10 @@ impl Mlp {
 
     /// `[n, hidden]` rows in, `[n, hidden]` rows out; the activation's output is
     /// rounded to `dtype`.
-    pub fn forward(&self, x: &Tensor, dtype: Dtype) -> Result<Tensor> {
-        let h = self.up.forward(x)?;
-        let h = match (self.gated, self.act.fused()) {
+    pub fn forward(&self, x: &Tensor, dtype: Dtype, ops: Ops) -> Result<Tensor> {
+        let h = self.up.forward(x, ops)?;
+        let fused = self.act.fused().filter(|_| ops == Ops::Fused);
+        let h = match (self.gated, fused) {
             (true, Some(act)) => kernels::gated_act(&h, self.intermediate, act)?,
             (true, None) => {
                 let gate = h.narrow(D::Minus1, 0, self.intermediate)?;
@@ -285,7 +313,7 @@ impl Mlp {
             }
             (false, _) => self.act.apply(&h)?,
         };
-        self.down.forward(&dtype.round(&h)?)
+        self.down.forward(&dtype.round(&h)?, ops)
     }
 }
 
@@ -338,8 +366,9 @@ impl Rotary {
         self.dim == other.dim && self.inv_freq == other.inv_freq
     }
 
-    /// cos and sin tables for positions `0..len`.
-    pub fn tables(&self, len: usize) -> RopeTables {
+    /// cos and sin tables for positions `0..len`, copied to `device` as well for the
+    /// tensor ops when `ops` says they run.
+    pub fn tables(&self, len: usize, ops: Ops, device: &candle_core::Device) -> Result<RopeTables> {
         let half = self.dim / 2;
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);
@@ -350,7 +379,14 @@ impl Rotary {
                 sin.push(angle.sin());
             }
         }
-        RopeTables { cos, sin }
+        let tensors = match ops {
+            Ops::Fused => None,
+            Ops::Tensor => Some((
+                Tensor::from_slice(&cos, (len, half), device)?,
+                Tensor::from_slice(&sin, (len, half), device)?,
+            )),
+        };
+        Ok(RopeTables { cos, sin, tensors })
     }
 }
 
@@ -358,6 +394,8 @@ impl Rotary {
 pub struct RopeTables {
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// The same on the model's device, for the tensor ops.
+    tensors: Option<(Tensor, Tensor)>,
 }
 
 fn scale_frequency(f: f32, scaling: &RopeScaling) -> f32 {
@@ -395,8 +433,8 @@ pub struct Attention {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
-    q_norm: Option<(Vec<f32>, f32)>,
-    k_norm: Option<(Vec<f32>, f32)>,
+    q_norm: Option<Norm>,
+    k_norm: Option<Norm>,
     pub rotary: Option<Rotary>,
     scale: f64,
     /// Keys further back than this are invisible (sliding-window layers).
@@ -435,8 +473,8 @@ impl Attention {
             num_heads: p.num_heads,
             num_kv_heads: p.num_kv_heads,
             head_dim: p.head_dim,
-            q_norm: p.q_norm.map(|n| n.rms_weights()).transpose()?,
-            k_norm: p.k_norm.map(|n| n.rms_weights()).transpose()?,
+            q_norm: p.q_norm,
+            k_norm: p.k_norm,
             rotary: p.rotary,
             scale: p.scale,
             window: p.window,
@@ -474,36 +512,54 @@ impl Attention {
             kv_heads: self.num_kv_heads,
             head_dim: self.head_dim,
         };
-        let rope = match (&self.rotary, rope) {
-            (Some(rot), Some(tables)) => Some(kernels::RopeSpec {
-                cos: &tables.cos,
-                sin: &tables.sin,
-                dim: rot.dim,
-                interleaved: rot.interleaved,
-            }),
-            _ => None,
+        let qkv = self.qkv.forward(x, call.ops)?;
+        let spec = kernels::AttentionSpec {
+            layout: &layout,
+            lens,
+            scale: self.scale as f32,
+            window: self.window,
+            want_probs,
         };
-        let qkv = self.qkv.forward(x)?;
-        let (q, k, v) = kernels::split_heads(
-            &qkv,
-            &layout,
-            head_norm(&self.q_norm),
-            head_norm(&self.k_norm),
-            rope,
-        )?;
-        let (ctx, probs) = kernels::attention(
-            &q,
-            &k,
-            &v,
-            &kernels::AttentionSpec {
-                layout: &layout,
-                lens,
-                scale: self.scale as f32,
-                window: self.window,
-                want_probs,
-            },
-        )?;
-        Ok((self.out.forward(&call.dtype.round(&ctx)?)?, probs))
+        let (ctx, probs) = match call.ops {
+            Ops::Fused => {
+                let rope = match (&self.rotary, rope) {
+                    (Some(rot), Some(tables)) => Some(kernels::RopeSpec {
+                        cos: &tables.cos,
+                        sin: &tables.sin,
+                        dim: rot.dim,
+                        interleaved: rot.interleaved,
+                    }),
+                    _ => None,
+                };
+                let q_norm = self.q_norm.as_ref().map(Norm::rms_weights).transpose()?;
+                let k_norm = self.k_norm.as_ref().map(Norm::rms_weights).transpose()?;
+                let (q, k, v) = kernels::split_heads(
+                    &qkv,
+                    &layout,
+                    head_norm(&q_norm),
+                    head_norm(&k_norm),
+                    rope,
+                )?;
+                kernels::attention(&q, &k, &v, &spec)?
+            }
+            Ops::Tensor => {
+                let rope = match (&self.rotary, rope.and_then(|r| r.tensors.as_ref())) {
+                    (Some(rot), Some((cos, sin))) => Some(tensor_ops::Rope {
+                        cos,
+                        sin,
+                        dim: rot.dim,
+                        interleaved: rot.interleaved,
+                    }),
+                    _ => None,
+                };
+                let norms = tensor_ops::HeadNorms {
+                    q: self.q_norm.as_ref(),
+                    k: self.k_norm.as_ref(),
+                };
+                tensor_ops::attention(&qkv, &norms, rope.as_ref(), &spec)?
+            }
+        };
+        Ok((self.out.forward(&call.dtype.round(&ctx)?, call.ops)?, probs))
     }
 }
 
@@ -547,6 +603,7 @@ pub struct BlockCall<'a> {
     pub mlp_keep: Option<&'a Tensor>,
     /// The type activations are rounded to where the reference holds them in it.
     pub dtype: Dtype,
+    pub ops: Ops,
 }
 
 impl Block {
@@ -567,7 +624,7 @@ impl Block {
         };
         let mlp_out = self
             .mlp
-            .forward(&norm(&self.mlp_norm, &mlp_in)?, call.dtype)?;
+            .forward(&norm(&self.mlp_norm, &mlp_in)?, call.dtype, call.ops)?;
         let mlp_out = match &self.post_mlp_norm {
             Some(n) => norm(n, &mlp_out)?,
             None => mlp_out,

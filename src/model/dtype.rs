@@ -4,8 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use anyhow::{anyhow, bail, Result};
+use candle_core::{DType, Device, DeviceLocation, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// The precision of a run. The CPU kernels always compute in f32; in bf16 and f16
@@ -51,7 +51,7 @@ impl Dtype {
 
     /// A scalar rounded to this type, as the reference rounds constants it multiplies by.
     pub fn round_scalar(self, x: f64) -> Result<f64> {
-        let t = Tensor::new(&[x as f32], &candle_core::Device::Cpu)?;
+        let t = Tensor::new(&[x as f32], &Device::Cpu)?;
         Ok(self.round(&t)?.to_vec1::<f32>()?[0] as f64)
     }
 }
@@ -86,8 +86,8 @@ pub struct Engine {
     pub device: DeviceSpec,
 }
 
-/// Where a model runs. Only the CPU has an engine in this build; the others parse so
-/// that results and errors can name them.
+/// Where a model runs. A CUDA device needs a build with the `cuda` feature; without
+/// it the name still parses, so that the error can say what is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceSpec {
     #[default]
@@ -100,13 +100,42 @@ impl DeviceSpec {
     /// Fails, in one line, unless this build can run a model on the device.
     pub fn check_supported(self) -> Result<()> {
         match self {
-            DeviceSpec::Cpu => Ok(()),
             DeviceSpec::Cuda(_) if !cfg!(feature = "cuda") => {
                 bail!("--device cuda needs a build with the `cuda` feature (scripts/build_cuda.sh)")
             }
-            DeviceSpec::Cuda(_) => bail!(
-                "--device {self}: the GPU engine path is not implemented yet (the fused kernels are CPU-only); use --device cpu"
-            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The candle device, opened: a missing GPU or driver is a one-line error here,
+    /// before any weight is read.
+    pub fn open(self) -> Result<Device> {
+        self.check_supported()?;
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(n) => Device::new_cuda(n).map_err(|e| {
+                let first = e.to_string();
+                let first = first.lines().next().unwrap_or_default().to_string();
+                anyhow!("--device {self}: cannot open the GPU ({first})")
+            }),
+        }
+    }
+
+    /// The device a tensor lives on, as `--device` names it.
+    pub fn of(device: &Device) -> Self {
+        match device.location() {
+            DeviceLocation::Cuda { gpu_id } => DeviceSpec::Cuda(gpu_id),
+            _ => DeviceSpec::Cpu,
+        }
+    }
+
+    /// The type a run holds its weights in when `--dtype` is not given: f32 on the
+    /// CPU, where it is exact and the kernels compute in f32 anyway; bf16 on a GPU,
+    /// where the models are run in it and its tensor cores are several times faster.
+    pub fn default_dtype(self) -> Dtype {
+        match self {
+            DeviceSpec::Cpu => Dtype::F32,
+            DeviceSpec::Cuda(_) => Dtype::Bf16,
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct GgufFile {
     reads: Reads,
     /// The type [`GgufFile::var_builder`] serves tensors in.
     dtype: Dtype,
+    /// Where [`GgufFile::var_builder`] puts them.
+    device: Device,
 }
 
 /// How one family names its tensors in GGUF (`blk.N.<gguf>`) and in Hugging Face
@@ -52,12 +54,19 @@ impl GgufFile {
             reader: Mutex::new(reader),
             reads: Reads::default(),
             dtype: Dtype::F32,
+            device: Device::Cpu,
         })
     }
 
     /// Serves the (dequantized) weights in `dtype`.
     pub fn with_dtype(mut self, dtype: Dtype) -> Self {
         self.dtype = dtype;
+        self
+    }
+
+    /// Serves the weights on `device`, read straight into its memory.
+    pub fn on(mut self, device: Device) -> Self {
+        self.device = device;
         self
     }
 
@@ -166,7 +175,7 @@ impl GgufFile {
         VarBuilder::from_backend(
             Box::new(GgufBackend { file: self, names }),
             self.dtype.candle(),
-            Device::Cpu,
+            self.device.clone(),
         )
     }
 
@@ -387,7 +396,7 @@ impl SimpleBackend for GgufBackend<'_> {
         Ok(t)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, _: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let gguf = self.gguf_name(name)?;
         if !self.file.has_tensor(&gguf) {
             return Err(candle_core::Error::Msg(format!(
@@ -397,7 +406,7 @@ impl SimpleBackend for GgufBackend<'_> {
         }
         self.file
             .read_f32(&gguf)
-            .and_then(|t| Ok(t.to_dtype(dtype)?))
+            .and_then(|t| Ok(t.to_dtype(dtype)?.to_device(dev)?))
             .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
     }
 

@@ -19,6 +19,8 @@ pub struct HfDir {
     reads: Reads,
     /// The type [`HfDir::var_builder`] serves tensors in.
     dtype: Dtype,
+    /// Where [`HfDir::var_builder`] puts them.
+    device: Device,
 }
 
 impl HfDir {
@@ -34,12 +36,19 @@ impl HfDir {
             config,
             reads: Reads::default(),
             dtype: Dtype::F32,
+            device: Device::Cpu,
         })
     }
 
     /// Serves the weights in `dtype`: a bf16 checkpoint read as bf16 is never widened.
     pub fn with_dtype(mut self, dtype: Dtype) -> Self {
         self.dtype = dtype;
+        self
+    }
+
+    /// Serves the weights on `device`, read straight into its memory.
+    pub fn on(mut self, device: Device) -> Self {
+        self.device = device;
         self
     }
 
@@ -116,7 +125,7 @@ impl HfDir {
         Ok(VarBuilder::from_backend(
             Box::new(backend),
             self.dtype.candle(),
-            Device::Cpu,
+            self.device.clone(),
         ))
     }
 

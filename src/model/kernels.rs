@@ -309,9 +309,10 @@ impl SyncPtr {
     }
 }
 
-/// Calls `f` with the contiguous f32 data of a CPU tensor, without copying it.
+/// Calls `f` with the contiguous f32 data of a tensor: without copying it when it is
+/// on the CPU, copied to the host when it is on a GPU.
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = t.contiguous()?;
+    let t = t.to_device(&Device::Cpu)?.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
         bail!("expected a CPU tensor");

@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod llama;
 mod reads;
 pub mod source;
+pub mod tensor_ops;
 pub mod tokenizer;
 
 use anyhow::{bail, Context, Result};
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::capture::{Batch, Capture};
 use crate::model::gguf::GgufFile;
 use crate::model::hf::HfDir;
-use blocks::{Block, BlockCall, Norm, RopeTables, Rotary};
+use blocks::{Block, BlockCall, Norm, Ops, RopeTables, Rotary};
 use dtype::{DeviceSpec, Dtype};
 
 /// The shape of a model, whatever its architecture.
@@ -58,6 +59,9 @@ pub struct Transformer {
     logit_softcap: Option<f64>,
     /// The type the big matrices are held in and activations rounded to.
     dtype: Dtype,
+    /// Where the weights are, and so where the pass runs.
+    device: Device,
+    ops: Ops,
 }
 
 /// Everything an architecture file provides to build a [`Transformer`].
@@ -103,12 +107,15 @@ impl Transformer {
         let lm_head = p.lm_head.unwrap_or_else(|| p.embed.clone());
         // The loader serves every weight in the run's type; the table says which.
         let dtype = Dtype::from_candle(p.embed.dtype())?;
+        let device = p.embed.device().clone();
         let positions = match p.positions {
             Some(pos) => Some(pos.to_dtype(DType::F32)?),
             None => None,
         };
         Ok(Self {
             dtype,
+            ops: Ops::for_device(&device),
+            device,
             config: p.config,
             embed: p.embed,
             embed_scale: p.embed_scale,
@@ -125,9 +132,26 @@ impl Transformer {
         self.dtype
     }
 
-    /// The device the model runs on: the fused kernels are CPU-only.
+    /// The device the model runs on.
     pub fn device(&self) -> DeviceSpec {
-        DeviceSpec::Cpu
+        DeviceSpec::of(&self.device)
+    }
+
+    /// Which code computes the pass: the fused kernels on the CPU, tensor ops on a
+    /// GPU.
+    pub fn ops(&self) -> Ops {
+        self.ops
+    }
+
+    /// Computes the pass with `ops`. Tensor ops on the CPU run the GPU's code path
+    /// where there is no GPU, which is how the tests check it; fused kernels off the
+    /// CPU are refused.
+    pub fn set_ops(&mut self, ops: Ops) -> Result<()> {
+        if ops == Ops::Fused && !self.device.is_cpu() {
+            bail!("the fused kernels run on the CPU only");
+        }
+        self.ops = ops;
+        Ok(())
     }
 
     /// The number of blocks (layers above the embeddings).
@@ -135,7 +159,8 @@ impl Transformer {
         self.blocks.len()
     }
 
-    /// Runs one padded batch, handing each layer to `capture`. Stops after the
+    /// Runs one padded batch, handing each layer to `capture` (as tensors on the
+    /// model's device). Stops after the
     /// deepest layer the capture asks for, and never computes logits itself.
     pub fn forward(
         &self,
@@ -147,8 +172,8 @@ impl Transformer {
         let hidden = self.config.hidden_size;
         let depth = capture.depth().min(self.num_layers());
         check_ablated_blocks(&intervention.ablate_first_mlp, self.num_layers())?;
-        let device = Device::Cpu;
-        let ids = batch.ids.flatten_all()?;
+        let device = &self.device;
+        let ids = batch.ids.flatten_all()?.to_device(device)?;
         let dtype = self.dtype;
         let mut x = self.embed.embedding(&ids)?.to_dtype(DType::F32)?;
         if let Some(scale) = self.embed_scale {
@@ -182,7 +207,7 @@ impl Transformer {
             let keep: Vec<f32> = (0..b * t)
                 .map(|i| if i % t == 0 { 0.0 } else { 1.0 })
                 .collect();
-            Some(Tensor::from_vec(keep, (b * t, 1), &device)?)
+            Some(Tensor::from_vec(keep, (b * t, 1), device)?)
         };
 
         for (i, block) in self.blocks.iter().take(depth).enumerate() {
@@ -193,7 +218,7 @@ impl Transformer {
                     let at = match ropes.iter().position(|(r, _)| r.same_frequencies(rot)) {
                         Some(at) => at,
                         None => {
-                            ropes.push((rot, rot.tables(t)));
+                            ropes.push((rot, rot.tables(t, self.ops, device)?));
                             ropes.len() - 1
                         }
                     };
@@ -210,6 +235,7 @@ impl Transformer {
                     want_probs: capture.wants_attention(layer),
                     mlp_keep: if ablate { mlp_keep.as_ref() } else { None },
                     dtype,
+                    ops: self.ops,
                 },
             )?;
             if let Some(probs) = &out.probs {
@@ -223,13 +249,15 @@ impl Transformer {
 
     /// The final norm, as the model applies it before unembedding.
     pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
-        self.final_norm.forward_in(h, self.dtype)
+        self.final_norm
+            .forward_in(&h.to_device(&self.device)?, self.dtype)
     }
 
     /// Logits for residual-stream rows `[n, hidden]` of any layer: the final norm,
     /// then the unembedding (the logit lens when the rows come from a middle layer).
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        let logits = kernels::matmul_t(&self.final_norm(h)?.contiguous()?, &self.lm_head)?;
+        let normed = self.final_norm(h)?.contiguous()?;
+        let logits = self.ops.matmul_t(&normed, &self.lm_head)?;
         let logits = self.dtype.round(&logits)?;
         Ok(match self.logit_softcap {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
@@ -241,7 +269,7 @@ impl Transformer {
     pub fn target_logprobs(&self, h: &Tensor, targets: &[u32]) -> Result<Tensor> {
         let logits = self.logits(h)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let idx = Tensor::from_slice(targets, (targets.len(), 1), &Device::Cpu)?;
+        let idx = Tensor::from_slice(targets, (targets.len(), 1), &self.device)?;
         Ok(logp.gather(&idx, 1)?.squeeze(1)?)
     }
 }

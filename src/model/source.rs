@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use super::dtype::Dtype;
+use super::dtype::{DeviceSpec, Dtype, Engine};
 use super::fingerprint::Snapshot;
 
 use crate::hub::{Hub, HubRepo};
@@ -140,20 +141,41 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
     load_as(spec, Dtype::F32)
 }
 
-/// Resolves and loads a model with its tokenizer, its weights held in `dtype`.
+/// Resolves and loads a model with its tokenizer, its weights held in `dtype`, on
+/// the CPU.
 pub fn load_as(spec: &str, dtype: Dtype) -> Result<LoadedModel> {
+    load_on(
+        spec,
+        Engine {
+            dtype,
+            device: DeviceSpec::Cpu,
+        },
+    )
+}
+
+/// Resolves and loads a model with its tokenizer, its weights held in the engine's
+/// type on its device.
+pub fn load_on(spec: &str, engine: Engine) -> Result<LoadedModel> {
+    let device = engine.device.open()?;
     let source = resolve(spec)?;
     let files = Snapshot::take(source.files()?)?;
-    let loaded = load_files(source, files, dtype)?;
+    let loaded = load_files(source, files, engine.dtype, device)?;
     // A file replaced while it was read would give weights no digest describes.
     loaded.files.check_unchanged()?;
     Ok(loaded)
 }
 
-fn load_files(source: ModelSource, files: Snapshot, dtype: Dtype) -> Result<LoadedModel> {
+fn load_files(
+    source: ModelSource,
+    files: Snapshot,
+    dtype: Dtype,
+    device: Device,
+) -> Result<LoadedModel> {
     match source.format {
         Format::Gguf => {
-            let file = gguf::GgufFile::open(&source.path)?.with_dtype(dtype);
+            let file = gguf::GgufFile::open(&source.path)?
+                .with_dtype(dtype)
+                .on(device);
             let tokenizer = TextTokenizer::from_gguf(&file.content)
                 .with_context(|| format!("building the tokenizer of {}", source.path.display()))?;
             let model = models::from_gguf(&file)
@@ -169,7 +191,7 @@ fn load_files(source: ModelSource, files: Snapshot, dtype: Dtype) -> Result<Load
             })
         }
         Format::Safetensors => {
-            let dir = hf::HfDir::open(&source.path)?.with_dtype(dtype);
+            let dir = hf::HfDir::open(&source.path)?.with_dtype(dtype).on(device);
             let tokenizer_path = dir.tokenizer_path();
             if !tokenizer_path.is_file() {
                 bail!("{} has no tokenizer.json", source.path.display());

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -92,7 +92,7 @@ impl Capture for LensCapture<'_> {
         }
         let flat = resid.reshape((b * t, d))?;
         for (chunk_rows, chunk_asked) in rows.chunks(LENS_CHUNK).zip(asked.chunks(LENS_CHUNK)) {
-            let idx = Tensor::from_slice(chunk_rows, chunk_rows.len(), &Device::Cpu)?;
+            let idx = Tensor::from_slice(chunk_rows, chunk_rows.len(), resid.device())?;
             let logits = self.model.logits(&flat.index_select(&idx, 0)?)?;
             let vocab = logits.dim(1)?;
             let readings: Vec<LensReading> = with_f32(&logits, |data| {
