@@ -187,21 +187,29 @@ def row_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (num / den).max().item()
 
 
-def make_case(case: str, out_dir: Path) -> dict:
-    import transformers
-    from safetensors.torch import save_file
-
-    tok, model, model_ref = load(case)
-    cfg = model.config
-    encoded = [tok(p)["input_ids"] for p in PROMPTS]  # default special tokens
-    lens = [len(e) for e in encoded]
-    B, T = len(encoded), max(lens)
+def encode_prompts(tok):
+    """PROMPTS with the tokenizer's default special tokens, right-padded: the ids per
+    prompt, the padded ids and attention mask [B, T], and the pad id used."""
+    encoded = [tok(p)["input_ids"] for p in PROMPTS]
+    B, T = len(encoded), max(len(e) for e in encoded)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     input_ids = torch.full((B, T), pad_id, dtype=torch.int64)
     mask = torch.zeros((B, T), dtype=torch.int64)
     for b, e in enumerate(encoded):
         input_ids[b, : len(e)] = torch.tensor(e)
         mask[b, : len(e)] = 1
+    return encoded, input_ids, mask, pad_id
+
+
+def make_case(case: str, out_dir: Path) -> dict:
+    import transformers
+    from safetensors.torch import save_file
+
+    tok, model, model_ref = load(case)
+    cfg = model.config
+    encoded, input_ids, mask, pad_id = encode_prompts(tok)
+    lens = [len(e) for e in encoded]
+    B, T = input_ids.shape
     if tok.pad_token_id is not None:  # same as transformers' own right padding
         enc = tok(PROMPTS, padding=True, padding_side="right", return_tensors="pt")
         assert torch.equal(enc["input_ids"], input_ids) and torch.equal(enc["attention_mask"], mask)
@@ -302,14 +310,7 @@ def make_bf16_case(case: str, out_dir: Path) -> None:
 
     tok, model, _ = load(case)
     model = model.to(torch.bfloat16)
-    enc = [tok(p)["input_ids"] for p in PROMPTS]
-    B, T = len(enc), max(len(e) for e in enc)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    input_ids = torch.full((B, T), pad_id, dtype=torch.int64)
-    mask = torch.zeros((B, T), dtype=torch.int64)
-    for b, e in enumerate(enc):
-        input_ids[b, : len(e)] = torch.tensor(e)
-        mask[b, : len(e)] = 1
+    _, input_ids, mask, _ = encode_prompts(tok)
     raw = run(model, input_ids, mask)
     m = mask.to(torch.float32)[:, :, None]
     t = {"input_ids": input_ids, "attention_mask": mask}

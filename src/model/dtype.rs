@@ -79,6 +79,32 @@ impl FromStr for Dtype {
     }
 }
 
+/// The type and device a loader serves weights in.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub dtype: Dtype,
+    pub device: Device,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            dtype: Dtype::F32,
+            device: Device::Cpu,
+        }
+    }
+}
+
+impl Placement {
+    /// A builder serving `backend`'s tensors in this type on this device.
+    pub fn var_builder<'a>(
+        &self,
+        backend: Box<dyn candle_nn::var_builder::SimpleBackend + 'a>,
+    ) -> candle_nn::VarBuilder<'a> {
+        candle_nn::VarBuilder::from_backend(backend, self.dtype.candle(), self.device.clone())
+    }
+}
+
 /// How a command runs its model: the type its weights are held in and the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Engine {

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
-use super::dtype::Dtype;
+use super::dtype::Placement;
 use super::reads::Reads;
 
 /// An open GGUF file.
@@ -24,10 +24,8 @@ pub struct GgufFile {
     reader: Mutex<BufReader<File>>,
     /// GGUF names of the tensors the model's builder read.
     reads: Reads,
-    /// The type [`GgufFile::var_builder`] serves tensors in.
-    dtype: Dtype,
-    /// Where [`GgufFile::var_builder`] puts them.
-    device: Device,
+    /// The type and device [`GgufFile::var_builder`] serves tensors in.
+    placement: Placement,
 }
 
 /// How one family names its tensors in GGUF (`blk.N.<gguf>`) and in Hugging Face
@@ -53,20 +51,14 @@ impl GgufFile {
             content,
             reader: Mutex::new(reader),
             reads: Reads::default(),
-            dtype: Dtype::F32,
-            device: Device::Cpu,
+            placement: Placement::default(),
         })
     }
 
-    /// Serves the (dequantized) weights in `dtype`.
-    pub fn with_dtype(mut self, dtype: Dtype) -> Self {
-        self.dtype = dtype;
-        self
-    }
-
-    /// Serves the weights on `device`, read straight into its memory.
-    pub fn on(mut self, device: Device) -> Self {
-        self.device = device;
+    /// Serves the (dequantized) weights in the placement's type, read straight into its device's
+    /// memory (a bf16 checkpoint read as bf16 is never widened).
+    pub fn placed(mut self, placement: Placement) -> Self {
+        self.placement = placement;
         self
     }
 
@@ -172,11 +164,8 @@ impl GgufFile {
     /// A builder that serves the file's tensors under Hugging Face names, dequantized
     /// (to the file's dtype) when asked for, so the whole model never sits in memory twice.
     pub fn var_builder(&self, names: &'static GgufNames) -> VarBuilder<'_> {
-        VarBuilder::from_backend(
-            Box::new(GgufBackend { file: self, names }),
-            self.dtype.candle(),
-            self.device.clone(),
-        )
+        self.placement
+            .var_builder(Box::new(GgufBackend { file: self, names }))
     }
 
     /// The file's tensors that no builder has read, sorted.

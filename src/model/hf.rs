@@ -4,11 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::Device;
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
-use super::dtype::Dtype;
+use super::dtype::Placement;
 use super::reads::{Reads, Recording};
 
 /// A local directory holding a model in Hugging Face's layout.
@@ -17,10 +16,8 @@ pub struct HfDir {
     config: serde_json::Value,
     /// The tensors the model's builder read.
     reads: Reads,
-    /// The type [`HfDir::var_builder`] serves tensors in.
-    dtype: Dtype,
-    /// Where [`HfDir::var_builder`] puts them.
-    device: Device,
+    /// The type and device [`HfDir::var_builder`] serves tensors in.
+    placement: Placement,
 }
 
 impl HfDir {
@@ -35,20 +32,14 @@ impl HfDir {
             path: path.to_path_buf(),
             config,
             reads: Reads::default(),
-            dtype: Dtype::F32,
-            device: Device::Cpu,
+            placement: Placement::default(),
         })
     }
 
-    /// Serves the weights in `dtype`: a bf16 checkpoint read as bf16 is never widened.
-    pub fn with_dtype(mut self, dtype: Dtype) -> Self {
-        self.dtype = dtype;
-        self
-    }
-
-    /// Serves the weights on `device`, read straight into its memory.
-    pub fn on(mut self, device: Device) -> Self {
-        self.device = device;
+    /// Serves the weights in the placement's type, read straight into its device's
+    /// memory (a bf16 checkpoint read as bf16 is never widened).
+    pub fn placed(mut self, placement: Placement) -> Self {
+        self.placement = placement;
         self
     }
 
@@ -122,11 +113,7 @@ impl HfDir {
             inner: tensors,
             reads: self.reads.clone(),
         };
-        Ok(VarBuilder::from_backend(
-            Box::new(backend),
-            self.dtype.candle(),
-            self.device.clone(),
-        ))
+        Ok(self.placement.var_builder(Box::new(backend)))
     }
 
     /// The tensors of the weight files that no builder has read, sorted.

@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use super::dtype::{DeviceSpec, Dtype, Engine};
+use super::dtype::{DeviceSpec, Dtype, Engine, Placement};
 use super::fingerprint::Snapshot;
 
 use crate::hub::{Hub, HubRepo};
@@ -159,23 +158,20 @@ pub fn load_on(spec: &str, engine: Engine) -> Result<LoadedModel> {
     let device = engine.device.open()?;
     let source = resolve(spec)?;
     let files = Snapshot::take(source.files()?)?;
-    let loaded = load_files(source, files, engine.dtype, device)?;
+    let placement = Placement {
+        dtype: engine.dtype,
+        device,
+    };
+    let loaded = load_files(source, files, placement)?;
     // A file replaced while it was read would give weights no digest describes.
     loaded.files.check_unchanged()?;
     Ok(loaded)
 }
 
-fn load_files(
-    source: ModelSource,
-    files: Snapshot,
-    dtype: Dtype,
-    device: Device,
-) -> Result<LoadedModel> {
+fn load_files(source: ModelSource, files: Snapshot, placement: Placement) -> Result<LoadedModel> {
     match source.format {
         Format::Gguf => {
-            let file = gguf::GgufFile::open(&source.path)?
-                .with_dtype(dtype)
-                .on(device);
+            let file = gguf::GgufFile::open(&source.path)?.placed(placement);
             let tokenizer = TextTokenizer::from_gguf(&file.content)
                 .with_context(|| format!("building the tokenizer of {}", source.path.display()))?;
             let model = models::from_gguf(&file)
@@ -191,7 +187,7 @@ fn load_files(
             })
         }
         Format::Safetensors => {
-            let dir = hf::HfDir::open(&source.path)?.with_dtype(dtype).on(device);
+            let dir = hf::HfDir::open(&source.path)?.placed(placement);
             let tokenizer_path = dir.tokenizer_path();
             if !tokenizer_path.is_file() {
                 bail!("{} has no tokenizer.json", source.path.display());
