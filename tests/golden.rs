@@ -3,6 +3,11 @@
 //! inputs, on the two shipped GGUF models and a tiny model of each safetensors
 //! architecture, and the tiny models once more in bf16 (hidden states and final norm,
 //! `<case>.bf16.safetensors`). Golden files come from `scripts/reference/make_goldens.py`.
+//!
+//! `HARNESS_TEST_DEVICE` (cpu, cuda, cuda:N; default cpu) runs the cases on another
+//! device, and the repository is found through `CARGO_MANIFEST_DIR` at run time when set,
+//! so `scripts/gpu_check.sh` runs this very test binary, built with `--features cuda`, on
+//! a GPU machine that has no cargo.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,9 +16,9 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use harness::io::progress::Progress;
 use harness::model::capture::{self, Batch, BatchPlan, Capture, CapturePoint};
-use harness::model::dtype::Dtype;
+use harness::model::dtype::{DeviceSpec, Dtype, Engine};
 use harness::model::kernels::with_f32;
-use harness::model::source::{self, LoadedModel};
+use harness::model::source::LoadedModel;
 use harness::model::tokenizer::BosPolicy;
 use harness::model::Intervention;
 use serde::Deserialize;
@@ -46,7 +51,17 @@ struct Golden {
 }
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The device every case runs on (`HARNESS_TEST_DEVICE`, default the CPU).
+fn device() -> DeviceSpec {
+    std::env::var("HARNESS_TEST_DEVICE").map_or(DeviceSpec::Cpu, |d| {
+        d.parse()
+            .unwrap_or_else(|e| panic!("HARNESS_TEST_DEVICE: {e}"))
+    })
 }
 
 fn golden(case: &str) -> Golden {
@@ -70,7 +85,12 @@ fn load_model_as(spec: &str, dtype: Dtype) -> LoadedModel {
     } else {
         spec.to_string()
     };
-    source::load_as(&spec, dtype).unwrap_or_else(|e| panic!("{e:#} (run scripts/fetch_assets.py)"))
+    let engine = Engine {
+        dtype,
+        device: device(),
+    };
+    harness::commands::load_model(&spec, engine)
+        .unwrap_or_else(|e| panic!("{e:#} (run scripts/fetch_assets.py)"))
 }
 
 impl Golden {
@@ -130,7 +150,7 @@ impl Capture for FullCapture {
     fn on_resid(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()> {
         let d = resid.dim(2)?;
         let t = batch.len;
-        with_f32(resid, |h| {
+        with_f32(&on_host(resid)?, |h| {
             for (row, (&len, &index)) in batch.lens.iter().zip(&batch.index).enumerate() {
                 self.resid[index][layer] = h[row * t * d..(row * t + len) * d].to_vec();
             }
@@ -140,7 +160,7 @@ impl Capture for FullCapture {
     fn on_attention(&mut self, layer: usize, probs: &Tensor, batch: &Batch) -> Result<()> {
         let heads = probs.dim(1)?;
         let t = batch.len;
-        with_f32(probs, |p| {
+        with_f32(&on_host(probs)?, |p| {
             for (row, (&len, &index)) in batch.lens.iter().zip(&batch.index).enumerate() {
                 let mut out = Vec::with_capacity(heads * len * len);
                 for h in 0..heads {
@@ -153,6 +173,11 @@ impl Capture for FullCapture {
             }
         })
     }
+}
+
+/// `t` as f32 on the host, wherever the engine computed it.
+fn on_host(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?)
 }
 
 /// Worst relative L2 error over rows of `width` floats, comparing `ours` (rows of
