@@ -177,7 +177,8 @@ impl Capture for FullCapture {
 
 /// `t` as f32 on the host, wherever the engine computed it.
 fn on_host(t: &Tensor) -> Result<Tensor> {
-    Ok(t.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?)
+    Ok(t.to_device(&Device::Cpu)?
+        .to_dtype(candle_core::DType::F32)?)
 }
 
 /// Worst relative L2 error over rows of `width` floats, comparing `ours` (rows of
