@@ -21,7 +21,7 @@ use clap::Parser;
 use harness::io::progress::Progress;
 use harness::model::capture::{self, Batch, BatchPlan, Capture};
 use harness::model::dtype::{DeviceSpec, Dtype, Engine};
-use harness::model::Intervention;
+use harness::model::{Intervention, Transformer};
 
 #[derive(Parser)]
 struct Args {
@@ -39,22 +39,33 @@ struct Args {
     device: DeviceSpec,
 }
 
-/// `[sequence][layer]` -> that sequence's real rows `[len, hidden]`, f32 on the host.
-struct TokenStates {
-    depth: usize,
+/// `[sequence][layer]` -> that sequence's real rows `[len, hidden]`, f32 on the host;
+/// layer L + 1 holds the final norm of layer L, applied where the model runs.
+struct TokenStates<'a> {
+    model: &'a Transformer,
     rows: Vec<Vec<Vec<f32>>>,
 }
 
-impl Capture for TokenStates {
-    fn depth(&self) -> usize {
-        self.depth
-    }
-
-    fn on_resid(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()> {
-        let host = resid.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+impl TokenStates<'_> {
+    fn keep(&mut self, layer: usize, states: &Tensor, batch: &Batch) -> Result<()> {
+        let host = states.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
         for (row, (&len, &index)) in batch.lens.iter().zip(&batch.index).enumerate() {
             let real = host.get(row)?.narrow(0, 0, len)?;
             self.rows[index][layer] = real.flatten_all()?.to_vec1()?;
+        }
+        Ok(())
+    }
+}
+
+impl Capture for TokenStates<'_> {
+    fn depth(&self) -> usize {
+        self.model.num_layers()
+    }
+
+    fn on_resid(&mut self, layer: usize, resid: &Tensor, batch: &Batch) -> Result<()> {
+        self.keep(layer, resid, batch)?;
+        if layer == self.depth() {
+            self.keep(layer + 1, &self.model.final_norm(resid)?, batch)?;
         }
         Ok(())
     }
@@ -75,8 +86,8 @@ fn main() -> Result<()> {
     let layers = model.num_layers();
     let hidden = model.config.hidden_size;
     let mut states = TokenStates {
-        depth: layers,
-        rows: vec![vec![Vec::new(); layers + 1]; seqs.len()],
+        model,
+        rows: vec![vec![Vec::new(); layers + 2]; seqs.len()],
     };
     // One padded batch, as the reference runs them.
     let plan = BatchPlan {
@@ -106,16 +117,14 @@ fn main() -> Result<()> {
         )?)
     };
     let mut out = HashMap::new();
-    for l in 0..=layers {
+    for l in 0..=layers + 1 {
         let rows = states.rows.iter().map(|s| s[l].clone()).collect();
-        out.insert(format!("hidden.{l}"), padded(rows)?);
+        let name = match l {
+            l if l <= layers => format!("hidden.{l}"),
+            _ => "final_norm".to_string(),
+        };
+        out.insert(name, padded(rows)?);
     }
-    let mut normed = Vec::with_capacity(seqs.len());
-    for (s, seq) in states.rows.iter().zip(&seqs) {
-        let last = Tensor::from_slice(&s[layers], (seq.len(), hidden), &Device::Cpu)?;
-        normed.push(model.final_norm(&last)?.flatten_all()?.to_vec1()?);
-    }
-    out.insert("final_norm".to_string(), padded(normed)?);
     candle_core::safetensors::save(&out, &args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
