@@ -15,8 +15,11 @@
 #
 # The GPU machine needs no Rust and no internet: its Python (torch + transformers) writes
 # the random-weight models (scripts/reference/random_model.py) and runs transformers, and
-# its nvidia wheels' CUDA 13 libraries serve the binaries. Budget there: about 7 minutes,
-# most of it the Llama-3.1-8B shape (16 GB of weights written, then loaded by each side).
+# its nvidia wheels' CUDA 13 libraries serve the binaries. Planned to fit 8 minutes there
+# (not yet run on a GPU): most of it the Llama-3.1-8B shape (16 GB of weights drawn on the
+# GPU and written, then loaded by each side) and the CPU f32 mr run (2,000 sentences of
+# ~80 tokens with the random models' byte-level tokenizer, on the machine's cores, while
+# the GPU run goes). SHAPES, SEQUENCES and LIMIT cut it down.
 # Every step runs even when an earlier one fails; the exit status is 1 if any failed.
 #
 # OUT gets only figures and logs (it is what comes back from a GPU machine); the unpacked
