@@ -10,10 +10,11 @@
 #   CUDA_COMPUTE_CAP=80 scripts/build_cuda.sh
 #   scripts/build_cuda.sh --bundle DIR
 #
-# --bundle also builds what scripts/gpu_check.sh runs besides the binary (the examples
-# throughput and hidden_states, and the golden test binary, which the GPU machine cannot
-# build for lack of cargo) and puts gzipped copies of all four in DIR; the library is
-# already built by then, so this adds a minute or two.
+# --bundle also builds what scripts/gpu_check.sh runs besides the binary (the throughput
+# example and the golden test binary, which the GPU machine cannot build for lack of
+# cargo) and puts stripped, gzipped copies of all three in DIR (about 16 MB each: the line
+# tables the release profile keeps would triple that); the library is already built by
+# then, so this adds a minute or two.
 #
 # HARNESS_CUDA_VENV and HARNESS_CUDA_TARGET choose where the toolkit and the build go
 # (default under ~/.cache/harness). The first build takes ~12 min on 2 cores: candle
@@ -83,17 +84,15 @@ gzip -kf "$target/release/harness"
 echo "$target/release/harness"
 
 if [[ -n $bundle ]]; then
-  cargo build --release --locked --features cuda --target-dir "$target" \
-    --example throughput --example hidden_states >&2
+  cargo build --release --locked --features cuda --target-dir "$target" --example throughput >&2
   # The test binary's name carries a hash: ask cargo for it.
   golden=$(cargo test --release --locked --features cuda --target-dir "$target" --test golden \
     --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "golden"][-1])')
-  for f in "$target/release/harness" "$target/release/examples/throughput" \
-    "$target/release/examples/hidden_states" "$golden:golden"; do
-    src=${f%%:*}
+  for f in "$target/release/harness" "$target/release/examples/throughput" "$golden:golden"; do
     name=$(basename "${f#*:}")
-    gzip -c "$src" >"$bundle/$name.gz"
+    strip -o "$bundle/$name" "${f%%:*}"
+    gzip -f "$bundle/$name"
   done
   echo "$bundle"
 fi

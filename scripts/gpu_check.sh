@@ -7,7 +7,7 @@
 #
 #   scripts/gpu_check.sh --pack          # here (no GPU needed): build the CUDA binaries
 #                                        # (scripts/build_cuda.sh) and the mr data into
-#                                        # target/gpu-check/, ~35 MB to carry
+#                                        # target/gpu-check/, ~48 MB to carry
 #   scripts/gpu_check.sh [OUT]           # on the GPU machine, from the repository root,
 #                                        # with target/gpu-check/ carried along
 #   DEVICE=cpu scripts/gpu_check.sh --small [OUT]   # every step on the CPU at toy sizes
@@ -20,7 +20,8 @@
 # GPU and written, then loaded by each side) and the CPU f32 mr run (2,000 sentences of
 # ~80 tokens with the random models' byte-level tokenizer, on the machine's cores, while
 # the GPU run goes). SHAPES, SEQUENCES and LIMIT cut it down.
-# Every step runs even when an earlier one fails; the exit status is 1 if any failed.
+# A wrong small forward pass stops the run; after it every step runs even when an earlier
+# one fails, and the exit status is 1 if any failed.
 #
 # OUT gets only figures and logs (it is what comes back from a GPU machine); the unpacked
 # binaries and the generated models (19 GB with the 8B shape) go to SCRATCH (default
@@ -90,13 +91,13 @@ step() { # step NAME COMMAND...: runs, times and records one step
 # The binaries: the carried CUDA bundle, or in CPU mode the CPU build of this checkout.
 bin=$scratch/bin
 if [[ -f $bundle/harness.gz ]]; then
-  for b in harness throughput hidden_states golden; do
+  for b in harness throughput golden; do
     gunzip -c "$bundle/$b.gz" >"$bin/$b" && chmod +x "$bin/$b"
   done
   export HARNESS_HOME=$PWD/$bundle/home
 elif [[ $device == cpu ]]; then
-  cargo build --release --quiet --example throughput --example hidden_states || exit 1
-  cp target/release/harness target/release/examples/throughput target/release/examples/hidden_states "$bin/"
+  cargo build --release --quiet --example throughput || exit 1
+  cp target/release/harness target/release/examples/throughput "$bin/"
   golden=$(cargo test --release --test golden --no-run --message-format=json 2>/dev/null |
     "$python" -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "golden"][-1])')
   cp "$golden" "$bin/golden"
@@ -120,22 +121,29 @@ if ! versions=$("$python" -c 'import torch, transformers, safetensors; print("to
 fi
 say "device $device; CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $versions"
 
-# 1. A small forward pass (tiny Llama, f32) on the device against the CPU, before anything is timed.
+# 1. A small forward pass (tiny Llama, f32, every layer mean-pooled) on the device against
+# the CPU, before anything is timed.
 forward_check() {
   local ids=$scratch/tiny-ids.json
   echo '[[1, 17, 93, 200, 5, 44, 301], [1, 250, 12]]' >"$ids"
-  "$bin/hidden_states" --model tests/fixtures/tiny-llama --ids "$ids" --out "$scratch/tiny-cpu.safetensors" --device cpu &&
-    "$bin/hidden_states" --model tests/fixtures/tiny-llama --ids "$ids" --out "$scratch/tiny-dev.safetensors" --device "$device" &&
-    "$python" - "$scratch/tiny-cpu.safetensors" "$scratch/tiny-dev.safetensors" <<'EOF'
+  for d in cpu "$device"; do
+    "$bin/throughput" --model tests/fixtures/tiny-llama --ids "$ids" --passes 1 --out-rows 2 \
+      --out "$scratch/tiny-$d.safetensors" --device "$d" || return 1
+  done
+  "$python" - "$scratch/tiny-cpu.safetensors" "$scratch/tiny-$device.safetensors" <<'EOF'
 import sys
 from safetensors.torch import load_file
-a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
-worst = max(((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)).item() for k in a)
-print(f"tiny-llama f32, device against CPU: worst relative error {worst:.2e} (allowed 1e-4)")
+a, b = (load_file(f)["pooled"] for f in sys.argv[1:3])
+worst = ((a - b).norm(dim=-1) / a.norm(dim=-1).clamp_min(1e-12)).max().item()
+print(f"tiny-llama f32, every layer pooled, device against CPU: worst relative error {worst:.2e} (allowed 1e-4)")
 sys.exit(0 if worst <= 1e-4 else 1)
 EOF
 }
 step "forward pass on $device against the CPU" forward_check
+if [[ ${#failed[@]} -gt 0 ]]; then
+  say "FAILED: nothing else is worth running (or timing) when a small forward pass is wrong"
+  exit 1
+fi
 
 # 2. The golden cases: the test binary of tests/golden.rs, run on the device. The tiny_ tests
 # are the eight models (six safetensors architectures, two GGUF files) in f32 and bf16, and
