@@ -88,19 +88,19 @@ step() { # step NAME COMMAND...: runs, times and records one step
   fi
 }
 
-# The binaries: the carried CUDA bundle, or in CPU mode the CPU build of this checkout.
+# The binaries: in CPU mode the CPU build of this checkout, otherwise the carried CUDA bundle.
 bin=$scratch/bin
-if [[ -f $bundle/harness.gz ]]; then
-  for b in harness throughput golden; do
-    gunzip -c "$bundle/$b.gz" >"$bin/$b" && chmod +x "$bin/$b"
-  done
-  export HARNESS_HOME=$PWD/$bundle/home
-elif [[ $device == cpu ]]; then
+if [[ $device == cpu ]]; then
   cargo build --release --quiet --example throughput || exit 1
   cp target/release/harness target/release/examples/throughput "$bin/"
   golden=$(cargo test --release --test golden --no-run --message-format=json 2>/dev/null |
     "$python" -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "golden"][-1])')
   cp "$golden" "$bin/golden"
+elif [[ -f $bundle/harness.gz ]]; then
+  for b in harness throughput golden; do
+    gunzip -c "$bundle/$b.gz" >"$bin/$b" && chmod +x "$bin/$b"
+  done
+  export HARNESS_HOME=$PWD/$bundle/home
 else
   echo "error: $bundle/harness.gz is missing: run scripts/gpu_check.sh --pack on the build machine and carry $bundle" >&2
   exit 1
