@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
+# Importing a sibling script would leave __pycache__ folders in the repository.
+sys.dont_write_bytecode = True
 sys.path.insert(0, str(ROOT / "scripts" / "reference"))
 import random_model  # noqa: E402
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+# Importing a sibling script would leave __pycache__ folders in the repository.
+sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import random_model  # noqa: E402
 
