@@ -8,12 +8,29 @@
 #
 #   scripts/build_cuda.sh            # Hopper (compute capability 90)
 #   CUDA_COMPUTE_CAP=80 scripts/build_cuda.sh
+#   scripts/build_cuda.sh --bundle DIR
+#
+# --bundle also builds what scripts/gpu_check.sh runs besides the binary (the throughput
+# example and the golden test binary, which the GPU machine cannot build for lack of
+# cargo) and puts stripped, gzipped copies of all three in DIR (about 16 MB each: the line
+# tables the release profile keeps would triple that); the library is already built by
+# then, so this adds a minute or two.
 #
 # HARNESS_CUDA_VENV and HARNESS_CUDA_TARGET choose where the toolkit and the build go
 # (default under ~/.cache/harness). The first build takes ~12 min on 2 cores: candle
 # compiles its CUDA kernels; rebuilding after a change relinks in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+bundle=
+if [[ ${1:-} == --bundle ]]; then
+  bundle=${2:?--bundle needs a directory}
+  mkdir -p "$bundle"
+  bundle=$(cd "$bundle" && pwd)
+elif [[ $# -gt 0 ]]; then
+  echo "error: unknown argument '$1' (expected --bundle DIR)" >&2
+  exit 1
+fi
 
 venv=${HARNESS_CUDA_VENV:-$HOME/.cache/harness/cuda-venv}
 target=${HARNESS_CUDA_TARGET:-$HOME/.cache/harness/cuda-target}
@@ -60,8 +77,22 @@ if [[ $symbols -lt 100 ]]; then
 fi
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stubs/libcuda.so" "$stubs/libcuda_stub.c"
 
-PATH=$cuda/bin:$PATH CUDA_ROOT=$cuda CUDA_HOME=$cuda CUDA_PATH=$cuda \
-  LIBRARY_PATH=$cuda/lib:$stubs CUDA_COMPUTE_CAP=$cap \
-  cargo build --release --locked --features cuda --target-dir "$target" >&2
+export PATH=$cuda/bin:$PATH CUDA_ROOT=$cuda CUDA_HOME=$cuda CUDA_PATH=$cuda \
+  LIBRARY_PATH=$cuda/lib:$stubs CUDA_COMPUTE_CAP=$cap
+cargo build --release --locked --features cuda --target-dir "$target" >&2
 gzip -kf "$target/release/harness"
 echo "$target/release/harness"
+
+if [[ -n $bundle ]]; then
+  cargo build --release --locked --features cuda --target-dir "$target" --example throughput >&2
+  # The test binary's name carries a hash: ask cargo for it.
+  golden=$(cargo test --release --locked --features cuda --target-dir "$target" --test golden \
+    --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "golden"][-1])')
+  for f in "$target/release/harness" "$target/release/examples/throughput" "$golden:golden"; do
+    name=$(basename "${f#*:}")
+    strip -o "$bundle/$name" "${f%%:*}"
+    gzip -f "$bundle/$name"
+  done
+  echo "$bundle"
+fi

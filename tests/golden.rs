@@ -5,8 +5,10 @@
 //! `<case>.bf16.safetensors`). Golden files come from `scripts/reference/make_goldens.py`.
 //!
 //! Every case runs on the fused CPU kernels and again on the tensor ops a GPU runs
-//! (on the CPU here). `HARNESS_TEST_DEVICE=cuda` runs them all on a GPU instead, in a
-//! CUDA build (`scripts/gpu_check.sh`).
+//! (on the CPU here). `HARNESS_TEST_DEVICE` (cpu, cuda, cuda:N; default cpu) runs them
+//! all on another device, and the repository is found through `CARGO_MANIFEST_DIR` at
+//! run time when set, so `scripts/gpu_check.sh` runs this very test binary, built with
+//! `--features cuda`, on a GPU machine that has no cargo.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -51,7 +53,9 @@ struct Golden {
 }
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 fn golden(case: &str) -> Golden {
@@ -84,10 +88,10 @@ fn load_model_as(spec: &str, dtype: Dtype) -> LoadedModel {
 
 /// The device the cases run on: `HARNESS_TEST_DEVICE` (e.g. `cuda`), else the CPU.
 fn device() -> DeviceSpec {
-    match std::env::var("HARNESS_TEST_DEVICE") {
-        Ok(d) => d.parse().unwrap(),
-        Err(_) => DeviceSpec::Cpu,
-    }
+    std::env::var("HARNESS_TEST_DEVICE").map_or(DeviceSpec::Cpu, |d| {
+        d.parse()
+            .unwrap_or_else(|e| panic!("HARNESS_TEST_DEVICE: {e}"))
+    })
 }
 
 /// The model computing with candle's tensor ops, the GPU's code path, wherever it is.
