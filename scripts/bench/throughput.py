@@ -57,16 +57,6 @@ def check_rows(n: int, rows: int) -> list:
     return [i * n // rows for i in range(rows)]
 
 
-def padded(seqs: list, device: str):
-    longest = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), longest, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, s in enumerate(seqs):
-        ids[b, : len(s)] = torch.tensor(s)
-        mask[b, : len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def pooled_pass(model, seqs: list, batch: int, device: str, states=None) -> float:
     """One pass over `seqs`, every layer mean-pooled on the device and copied to the host; tokens/s."""
     tokens = sum(len(s) for s in seqs)
@@ -74,7 +64,7 @@ def pooled_pass(model, seqs: list, batch: int, device: str, states=None) -> floa
     start = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(seqs), batch):
-            ids, mask = padded(seqs[i : i + batch], device)
+            ids, mask = random_model.padded(seqs[i : i + batch], device)
             hs = states(ids, mask) if states else model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
             m = mask[:, :, None].to(hs[0].dtype)
             n = mask.sum(1, keepdim=True).to(hs[0].dtype)

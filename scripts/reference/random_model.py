@@ -40,6 +40,17 @@ ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER = ROOT / "tests" / "fixtures" / "tiny-gpt_neox"
 
 
+def padded(seqs: list, device: str):
+    """Token id lists right-padded with 0 into ids and attention mask [B, T] on `device`."""
+    longest = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), longest, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = torch.tensor(s)
+        mask[b, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
 def config(shape: str):
     from transformers import GPTNeoXConfig, LlamaConfig
 

@@ -61,12 +61,7 @@ def reference(model_dir: Path, seqs: list, attn: str) -> dict:
     if any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
         sys.exit(f"error: transformers read {model_dir} with {info}")
     model.eval()
-    longest = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), longest, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, s in enumerate(seqs):
-        ids[b, : len(s)] = torch.tensor(s)
-        mask[b, : len(s)] = 1
+    ids, mask = random_model.padded(seqs, "cpu")
     base = model.base_model
     blocks = base.layers
     captured = {}
