@@ -600,7 +600,7 @@ fn batch_size_sets_the_texts_per_batch() {
             &model.model,
             &seqs,
             model.tokenizer.pad_id(),
-            BatchPlan::with_batch_size(size),
+            BatchPlan::new(size, None),
             &harness::model::Intervention::default(),
             &mut log,
             &harness::io::progress::Progress::hidden(),

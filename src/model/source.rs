@@ -142,7 +142,11 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
 
 /// Resolves and loads a model with its tokenizer, its weights held in `dtype`.
 pub fn load_as(spec: &str, dtype: Dtype) -> Result<LoadedModel> {
-    let source = resolve(spec)?;
+    load_source(resolve(spec)?, dtype)
+}
+
+/// Loads a resolved model with its tokenizer, its weights held in `dtype`.
+pub fn load_source(source: ModelSource, dtype: Dtype) -> Result<LoadedModel> {
     let files = Snapshot::take(source.files()?)?;
     let loaded = load_files(source, files, dtype)?;
     // A file replaced while it was read would give weights no digest describes.
