@@ -8,8 +8,6 @@ use anyhow::{bail, Context, Result};
 
 use crate::commands::analyze;
 use crate::commands::{load_to_run, parse_ablate, warn_truncated};
-use crate::model::memory::Workload;
-use crate::tasks::generation::LENS_CHUNK;
 use crate::embeddings::encode::{self, Encoding};
 use crate::embeddings::pool::Pool;
 use crate::embeddings::session::{Session, SessionOptions};
@@ -17,6 +15,7 @@ use crate::io::output::WriteLock;
 use crate::io::progress::Progress;
 use crate::model::capture::BatchPlan;
 use crate::model::dtype::Engine;
+use crate::model::memory::Workload;
 use crate::model::source::LoadedModel;
 use crate::model::Intervention;
 use crate::results::eval::{
@@ -26,6 +25,7 @@ use crate::results::eval::{
 use crate::results::lock_result;
 use crate::stats::bootstrap;
 use crate::stats::scores::Scored;
+use crate::tasks::generation::LENS_CHUNK;
 use crate::tasks::{self, LoadedTask, PreparedTask, TaskOptions};
 
 /// Peaks at or beyond this relative depth are in the paper's Refine phase (late

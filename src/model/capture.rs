@@ -161,7 +161,9 @@ impl BatchPlan {
     /// takes: as many as fit the budget at the first one's length, at least one.
     fn rows(&self, lens: &[usize]) -> usize {
         let len = lens.first().copied().unwrap_or(0).max(1);
-        (self.max_tokens / len).clamp(1, self.max_size).min(lens.len())
+        (self.max_tokens / len)
+            .clamp(1, self.max_size)
+            .min(lens.len())
     }
 }
 
@@ -196,14 +198,15 @@ pub fn run(
         let end = start + plan.rows(&lens[start..]);
         if lens[start] > plan.max_tokens {
             // The pre-load check counted batches within the budget; this one is not.
-            memory::check_long_batch(
-                &model.config,
-                model.dtype(),
-                order[start] + 1,
-                lens[start],
+            let long = memory::LongBatch {
+                config: &model.config,
+                dtype: model.dtype(),
+                plan: &plan,
+                input: order[start] + 1,
+                tokens: lens[start],
                 attention,
-                &plan,
-            )?;
+            };
+            memory::check_long_batch(&long, &memory::host_available()?)?;
         }
         let rows: Vec<(usize, Vec<u32>)> = order[start..end]
             .iter()

@@ -138,7 +138,10 @@ impl HfDir {
     }
 
     /// `what` of every tensor's header entry, with its name.
-    fn tensors<T>(&self, what: impl Fn(&safetensors::tensor::TensorView) -> T) -> Result<Vec<(String, T)>> {
+    fn tensors<T>(
+        &self,
+        what: impl Fn(&safetensors::tensor::TensorView) -> T,
+    ) -> Result<Vec<(String, T)>> {
         let mut tensors = Vec::new();
         for file in self.weight_files()? {
             // SAFETY: the file is only read, and only its header, while the mapping lives.
@@ -150,15 +153,10 @@ impl HfDir {
                 };
                 anyhow!("{} is not a valid safetensors file: {e}", file.display())
             })?;
-            tensors.extend(
-                mapped
-                    .tensors()
-                    .into_iter()
-                    .map(|(name, view)| {
-                        let value = what(&view);
-                        (name, value)
-                    }),
-            );
+            tensors.extend(mapped.tensors().into_iter().map(|(name, view)| {
+                let value = what(&view);
+                (name, value)
+            }));
         }
         Ok(tensors)
     }

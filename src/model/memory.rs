@@ -7,13 +7,16 @@
 //!   GGUF tensor index (no weight is read), in the type the loader holds it in: 1-D
 //!   tensors (norms, biases) in f32, everything else in `--dtype`. Tensors the model
 //!   leaves unread (a vision tower) are counted too, so this is an upper bound there.
-//! - **activations**: the busier of two moments. Loading: one tensor widened to f32
-//!   beside its stored form (GGUF weights are dequantized one at a time). Running:
+//! - **activations**: the busier of two moments. Loading in bf16/f16: one tensor
+//!   widened to f32 beside its converted form (GGUF weights are dequantized one at a
+//!   time; in f32 the widened tensor is the one kept). Running:
 //!   the f32 buffers alive at the busier sublayer of one block of the fused CPU path
 //!   (residual rows, norm output, fused QKV and its per-head copy, attention context
 //!   and output; or the MLP's up projection, `2 x intermediate` wide since every
 //!   model is counted as gated, its activation and the down projection), with the
-//!   extra copy that rounding to bf16/f16 makes; one `[t, t]` score matrix per worker
+//!   extra copy that rounding to bf16/f16 makes, and in bf16/f16 one weight widened
+//!   to f32 for a product (the unembedding when logits are computed, else the second
+//!   largest tensor, no smaller than any block matrix); one `[t, t]` score matrix per worker
 //!   thread; the attention probabilities `[b, heads, t, t]` when the capture wants
 //!   them (`analyze`); and the logit rows `[rows, vocab]` (with two same-sized
 //!   temporaries) of the logit lens or the loss, all for a batch filled to the
@@ -54,6 +57,8 @@ pub struct Footprint {
     pub weights: u64,
     /// Bytes of the largest tensor in f32, the loader's widest temporary.
     pub largest_f32: u64,
+    /// Bytes of the second largest in f32: no smaller than any block matrix.
+    pub second_f32: u64,
 }
 
 /// What a command will ask of the model, beyond its shape.
@@ -126,15 +131,17 @@ pub struct Available {
     pub what: String,
 }
 
-/// Bytes as GiB for a message: two significant figures below 10.
+/// Bytes for a message: GiB with two decimals from 0.1 GiB, else MiB or KiB.
 fn gib(bytes: u64) -> String {
     let g = bytes as f64 / (1u64 << 30) as f64;
     if g >= 10.0 {
         format!("{g:.0} GiB")
     } else if g >= 0.095 {
         format!("{g:.2} GiB")
-    } else {
+    } else if bytes >= 1 << 20 {
         format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.0} KiB", bytes as f64 / 1024.0)
     }
 }
 
@@ -165,26 +172,46 @@ impl Footprint {
     pub fn from_shapes(config: ModelConfig, shapes: &[Vec<usize>], dtype: Dtype) -> Self {
         let matrix = dtype.candle().size_in_bytes() as u64;
         let mut weights = 0;
-        let mut largest = 0;
+        let (mut largest, mut second) = (0, 0);
         for shape in shapes {
             let n: u64 = shape.iter().map(|&d| d as u64).product();
             weights += n * if shape.len() >= 2 { matrix } else { 4 };
-            largest = largest.max(n);
+            if n > largest {
+                (largest, second) = (n, largest);
+            } else {
+                second = second.max(n);
+            }
         }
         Self {
             config,
             weights,
             largest_f32: largest * 4,
+            second_f32: second * 4,
         }
     }
 
-    /// The memory of `work` on a model of this footprint, with `threads` workers.
+    /// The memory of `work` on a model of this footprint.
     pub fn estimate(&self, dtype: Dtype, device: DeviceSpec, work: &Workload) -> Estimate {
         let running = activations(&self.config, dtype, device, work);
+        // The CPU kernels widen a bf16/f16 weight to f32 for each product, one at a
+        // time: the unembedding (the largest tensor) for logits, else a block matrix
+        // (the second largest bounds them).
+        let widened = match (dtype, work.logit_rows) {
+            (Dtype::F32, _) => 0,
+            (_, 0) => self.second_f32,
+            _ => self.largest_f32,
+        };
+        // Loading widens each stored tensor to f32 before converting it to bf16/f16;
+        // in f32 the widened tensor is the one kept.
+        let loading = if dtype == Dtype::F32 {
+            0
+        } else {
+            self.largest_f32
+        };
         let c = &self.config;
         Estimate {
             weights: self.weights,
-            activations: running.bytes.max(self.largest_f32),
+            activations: (running.bytes + widened).max(loading),
             outputs: (work.texts * (c.num_layers + 1) * c.hidden_size * 4) as u64,
             batch_tokens: running.tokens,
         }
@@ -380,28 +407,41 @@ pub fn parse_size(s: &str) -> Result<u64> {
     }
 }
 
-/// Before a batch of `tokens` padded tokens larger than the plan's budget runs (one
-/// text longer than the budget runs alone): fails, in one line, when its activations
-/// will not fit in the memory available now (the weights are loaded by then).
-pub fn check_long_batch(
-    config: &ModelConfig,
-    dtype: Dtype,
-    input: usize,
-    tokens: usize,
-    attention: bool,
-    plan: &BatchPlan,
-) -> Result<()> {
+/// A batch larger than the plan's budget: input `input` (1-based), alone, of `tokens`.
+pub struct LongBatch<'a> {
+    pub config: &'a ModelConfig,
+    pub dtype: Dtype,
+    pub plan: &'a BatchPlan,
+    pub input: usize,
+    pub tokens: usize,
+    /// Whether the capture wants attention probabilities.
+    pub attention: bool,
+}
+
+/// Before a batch larger than the plan's budget runs (one text longer than the
+/// budget runs alone): fails, in one line, when its activations will not fit in
+/// `available`, the memory available now (the weights are loaded by then).
+pub fn check_long_batch(long: &LongBatch, available: &Available) -> Result<()> {
+    let (plan, tokens) = (long.plan, long.tokens);
     let work = Workload {
-        attention,
+        attention: long.attention,
         ..Workload::pass(*plan)
     };
-    let need = batch_bytes(config, dtype, DeviceSpec::Cpu, &work, tokens, tokens).bytes;
-    let available = host_available()?;
+    let need = batch_bytes(
+        long.config,
+        long.dtype,
+        DeviceSpec::Cpu,
+        &work,
+        tokens,
+        tokens,
+    )
+    .bytes;
     if need <= available.bytes {
         return Ok(());
     }
     bail!(
-        "input {input} has {tokens} tokens, more than --max-batch-tokens {}, so it runs alone; that needs about {} of activations but {} is {} (cut it with --truncate or a shorter text)",
+        "input {} has {tokens} tokens, more than --max-batch-tokens {}, so it runs alone; that needs about {} of activations but {} is {} (cut it with --truncate or a shorter text)",
+        long.input,
         plan.max_tokens,
         gib(need),
         gib(available.bytes),
@@ -436,7 +476,8 @@ fn hf_config(raw: &serde_json::Value) -> Result<ModelConfig> {
             .and_then(|v| usize::try_from(v).ok())
             .filter(|&v| v > 0)
     };
-    let need = |keys: &[&str]| size(keys).with_context(|| format!("config.json has no {}", keys[0]));
+    let need =
+        |keys: &[&str]| size(keys).with_context(|| format!("config.json has no {}", keys[0]));
     let hidden = need(&["hidden_size", "n_embd"])?;
     let heads = need(&["num_attention_heads", "n_head"])?;
     Ok(ModelConfig {
@@ -525,6 +566,7 @@ mod tests {
         assert_eq!(bf16.weights, (134_515_008 - 35_136) * 2 + 35_136 * 4);
         assert_eq!(f32.largest_f32, 49152 * 576 * 4);
         assert_eq!(bf16.largest_f32, f32.largest_f32);
+        assert_eq!(bf16.second_f32, 1536 * 576 * 4);
     }
 
     #[test]
@@ -537,9 +579,12 @@ mod tests {
         let small = at(512, Workload::pass);
         let big = at(4096, Workload::pass);
         assert_eq!((small.batch_tokens, big.batch_tokens), (512, 4096));
-        // At 512 tokens loading (the embedding table widened to f32) is the busier moment.
-        assert_eq!(small.activations, fp.largest_f32);
-        assert!(big.activations > 2 * small.activations, "{big:?} {small:?}");
+        assert!(big.activations > 4 * small.activations, "{big:?} {small:?}");
+        // In bf16 at 512 tokens, loading (the embedding table widened to f32 beside
+        // its bf16 copy) is the busier moment.
+        let plan = BatchPlan::new(None, Some(512));
+        let e = fp.estimate(Dtype::Bf16, DeviceSpec::Cpu, &Workload::pass(plan));
+        assert_eq!(e.activations, fp.largest_f32);
         assert_eq!(big.weights, small.weights);
         let analyze = |plan| Workload {
             longest: Some(128),
@@ -559,8 +604,11 @@ mod tests {
         let e = fp.estimate(Dtype::F32, DeviceSpec::Cpu, &short);
         assert_eq!(e.batch_tokens, 1024);
         // bf16 rounding copies cost activations; the weights halve.
-        let bf16 = Footprint::from_shapes(smollm2(), &smollm2_shapes(), Dtype::Bf16)
-            .estimate(Dtype::Bf16, DeviceSpec::Cpu, &Workload::pass(BatchPlan::default()));
+        let bf16 = Footprint::from_shapes(smollm2(), &smollm2_shapes(), Dtype::Bf16).estimate(
+            Dtype::Bf16,
+            DeviceSpec::Cpu,
+            &Workload::pass(BatchPlan::default()),
+        );
         assert!(bf16.activations > big.activations);
         assert!(bf16.weights < big.weights / 2 + (1 << 20));
     }
@@ -568,7 +616,11 @@ mod tests {
     #[test]
     fn a_run_that_does_not_fit_is_one_line_with_the_figures() {
         let fp = Footprint::from_shapes(smollm2(), &smollm2_shapes(), Dtype::F32);
-        let e = fp.estimate(Dtype::F32, DeviceSpec::Cpu, &Workload::pass(BatchPlan::default()));
+        let e = fp.estimate(
+            Dtype::F32,
+            DeviceSpec::Cpu,
+            &Workload::pass(BatchPlan::default()),
+        );
         let room = |bytes| Available {
             bytes,
             what: "available (MemAvailable)".into(),
@@ -608,14 +660,53 @@ mod tests {
         assert!(available_from("MemTotal: 1 kB\n", None, None).is_err());
 
         let stat = "cache 5\ninactive_file 300\nactive_file 7\n";
-        assert_eq!(cgroup_room_from("1000\n", "900\n", stat, "inactive_file"), Some(400));
-        assert_eq!(cgroup_room_from("max\n", "900", stat, "inactive_file"), None);
+        assert_eq!(
+            cgroup_room_from("1000\n", "900\n", stat, "inactive_file"),
+            Some(400)
+        );
+        assert_eq!(
+            cgroup_room_from("max\n", "900", stat, "inactive_file"),
+            None
+        );
         assert_eq!(
             cgroup_room_from("9223372036854771712", "9", stat, "inactive_file"),
             None
         );
         let v1 = "inactive_file 1\ntotal_inactive_file 500\n";
-        assert_eq!(cgroup_room_from("1000", "1200", v1, "total_inactive_file"), Some(300));
+        assert_eq!(
+            cgroup_room_from("1000", "1200", v1, "total_inactive_file"),
+            Some(300)
+        );
+    }
+
+    #[test]
+    fn a_text_longer_than_the_budget_is_checked_alone() {
+        let (config, plan) = (smollm2(), BatchPlan::new(None, Some(512)));
+        let long = |tokens| LongBatch {
+            config: &config,
+            dtype: Dtype::F32,
+            plan: &plan,
+            input: 7,
+            tokens,
+            attention: false,
+        };
+        // 8192 tokens: 0.23 GiB of rows and a 0.25 GiB score matrix per thread.
+        let room = Available {
+            bytes: 512 << 20,
+            what: "available (MemAvailable)".into(),
+        };
+        assert!(check_long_batch(&long(2048), &room).is_ok());
+        let err = check_long_batch(&long(8192), &room)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\n'), "{err}");
+        assert!(
+            err.starts_with(
+                "input 7 has 8192 tokens, more than --max-batch-tokens 512, so it runs alone"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("but 0.50 GiB is available"), "{err}");
     }
 
     #[test]
@@ -648,7 +739,10 @@ mod tests {
             "n_inner": null, "vocab_size": 50257, "n_positions": 1024
         });
         let c = hf_config(&gpt2).unwrap();
-        assert_eq!((c.intermediate_size, c.num_kv_heads, c.context_length), (3072, 12, 1024));
+        assert_eq!(
+            (c.intermediate_size, c.num_kv_heads, c.context_length),
+            (3072, 12, 1024)
+        );
         let nested = serde_json::json!({"model_type": "gemma3", "text_config": llama});
         assert_eq!(hf_config(&nested).unwrap().num_layers, 30);
         let zero = serde_json::json!({"hidden_size": 0});
