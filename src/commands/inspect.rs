@@ -21,7 +21,9 @@ pub fn run(model: &str, json: bool) -> Result<()> {
     for dtype in [Dtype::F32, Dtype::Bf16] {
         let estimate =
             Footprint::read(&loaded.source, dtype)?.estimate(dtype, DeviceSpec::Cpu, &work);
-        println!("memory in {dtype}: about {estimate}, before kept outputs");
+        println!(
+            "memory to run in {dtype} (default batches, before kept outputs): about {estimate}"
+        );
     }
     Ok(())
 }
