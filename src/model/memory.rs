@@ -15,10 +15,11 @@
 //!   and output; or the MLP's up projection, `2 x intermediate` wide since every
 //!   model is counted as gated, its activation and the down projection), with the
 //!   extra copy that rounding to bf16/f16 makes, and in bf16/f16 one weight widened
-//!   to f32 for a product (the unembedding when logits are computed, else the second
-//!   largest tensor, no smaller than any block matrix); one `[t, t]` score matrix per worker
-//!   thread; the attention probabilities `[b, heads, t, t]` when the capture wants
-//!   them (`analyze`); and the logit rows `[rows, vocab]` (with two same-sized
+//!   to f32 for a product (the unembedding when logits are computed, else the
+//!   second largest tensor, no smaller than any block matrix); one `[t, t]` score
+//!   matrix per worker thread; the attention probabilities `[b, heads, t, t]` when
+//!   the capture wants them (`analyze`) or the device has no fused attention (a
+//!   GPU); and the logit rows `[rows, vocab]` (with two same-sized
 //!   temporaries) of the logit lens or the loss, all for a batch filled to the
 //!   token budget.
 //! - **outputs**: what is kept across batches, the pooled vectors
@@ -33,6 +34,12 @@
 //! A text longer than the token budget runs alone, in a batch larger than the one
 //! estimated here; [`check_long_batch`] checks such a batch against the memory
 //! available when it is about to run.
+//!
+//! There is no switch to skip the check: `HARNESS_MEMORY_LIMIT` can only lower the
+//! figure, and a run the estimate refuses is brought under it by a smaller token
+//! budget, a narrower `--dtype` or fewer texts, each of which the error names. On a
+//! GPU the engine compares the estimate with the driver's free memory through
+//! [`gpu_available`] and [`check_fits`].
 
 use std::fmt;
 
