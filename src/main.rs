@@ -153,9 +153,14 @@ struct RunArgs {
     /// Prepend the BOS token: auto follows the model's own setting.
     #[arg(long, default_value = "auto")]
     bos: BosPolicy,
-    /// Sequences per batch (default: as many as fit 4096 padded tokens, at most 64).
+    /// Most sequences per batch [default: 64]. --max-batch-tokens applies too.
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Most padded tokens per batch (rows x longest row) [default: 4096]; texts are
+    /// sorted by length, so short ones fill a batch. A text longer than this runs
+    /// alone. Sets memory and speed, never results.
+    #[arg(long, value_name = "N")]
+    max_batch_tokens: Option<usize>,
     /// Cut texts longer than the model's context instead of refusing them.
     #[arg(long)]
     truncate: bool,
@@ -170,7 +175,7 @@ struct RunArgs {
 
 impl RunArgs {
     fn plan(&self) -> BatchPlan {
-        BatchPlan::with_batch_size(self.batch_size)
+        BatchPlan::new(self.batch_size, self.max_batch_tokens)
     }
 
     fn engine(&self) -> Engine {

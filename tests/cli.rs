@@ -532,8 +532,9 @@ fn embed_pools_equal_transformers_token_rows() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `--batch-size` changes how texts are grouped, never their vectors: 1, 2 and the
-/// default batch (which pads the shorter texts) all give each text's vectors alone.
+/// `--batch-size` and `--max-batch-tokens` change how texts are grouped, never their
+/// vectors: 1, 2, token budgets and the default batch (which pads the shorter texts)
+/// all give each text's vectors alone.
 #[test]
 fn batch_size_leaves_the_vectors_as_they_are() {
     let dir = scratch("batch");
@@ -541,10 +542,19 @@ fn batch_size_leaves_the_vectors_as_they_are() {
     let (dims, one_by_one) = embed_with(&dir, &model, &BATCH_TEXTS, &["--batch-size", "1"]);
     let (_, batched) = embed_with(&dir, &model, &BATCH_TEXTS, &[]);
     let (_, in_pairs) = embed_with(&dir, &model, &BATCH_TEXTS, &["--batch-size", "2"]);
+    // A budget of 16 tokens splits these texts by length; 1 runs each alone.
+    let (_, budget) = embed_with(&dir, &model, &BATCH_TEXTS, &["--max-batch-tokens", "16"]);
+    let (_, tiny) = embed_with(&dir, &model, &BATCH_TEXTS, &["--max-batch-tokens", "1"]);
     let width = dims[1] * dims[2];
     for (i, text) in BATCH_TEXTS.iter().enumerate() {
         let (_, alone) = embed_with(&dir, &model, &[text], &[]);
-        for (all, size) in [(&one_by_one, "1"), (&batched, "default"), (&in_pairs, "2")] {
+        for (all, size) in [
+            (&one_by_one, "1"),
+            (&batched, "default"),
+            (&in_pairs, "2"),
+            (&budget, "16 tokens"),
+            (&tiny, "1 token"),
+        ] {
             let err = rel_err(&all[i * width..(i + 1) * width], &alone);
             assert!(err < 1e-5, "text {i}, batch size {size}: {err:.2e}");
         }
@@ -579,6 +589,57 @@ impl harness::model::capture::Capture for BatchLog {
     }
 }
 
+/// A run that will not fit is refused before the model loads: one line with the
+/// estimate and the memory available, a non-zero exit and no output; with room the
+/// same run succeeds. `HARNESS_MEMORY_LIMIT` stands in for a small machine.
+#[test]
+fn a_run_that_will_not_fit_is_refused_with_the_figures() {
+    let dir = scratch("memory");
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "one text\nanother one\n").unwrap();
+    let model = fixture("tiny-llama");
+    let out_path = dir.join("never.safetensors");
+    let results = dir.join("results");
+    let run = |command: &str, limit: &str| {
+        let mut args = vec![command, "--model", model.to_str().unwrap()];
+        args.extend(["--input", input.to_str().unwrap(), "--out"]);
+        args.push(match command {
+            "embed" => out_path.to_str().unwrap(),
+            _ => results.to_str().unwrap(),
+        });
+        Command::new(env!("CARGO_BIN_EXE_harness"))
+            .args(&args)
+            .args(["--quiet", "--max-batch-tokens", "512"])
+            .env("HARNESS_MEMORY_LIMIT", limit)
+            .output()
+            .expect("run harness")
+    };
+    for command in ["embed", "analyze"] {
+        let out = run(command, "64K");
+        assert_fails_with(&out, "tiny-llama in f32 needs about");
+        for needle in [
+            "at 512 tokens per batch",
+            "but 64 KiB is allowed by HARNESS_MEMORY_LIMIT",
+            "try --dtype bf16 or a smaller --max-batch-tokens",
+        ] {
+            assert!(
+                stderr(&out).contains(needle),
+                "{command}: {needle}: {}",
+                stderr(&out)
+            );
+        }
+        assert!(
+            !out_path.exists() && !results.exists(),
+            "{command} wrote output"
+        );
+    }
+    assert_fails_with(&run("embed", "lots"), "HARNESS_MEMORY_LIMIT=lots");
+    let out = run("embed", "1G");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out_path.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// What `--batch-size N` asks of the forward pass: batches of at most N texts that
 /// together hold every text once; without it, these short texts share one batch.
 #[test]
@@ -600,7 +661,7 @@ fn batch_size_sets_the_texts_per_batch() {
             &model.model,
             &seqs,
             model.tokenizer.pad_id(),
-            BatchPlan::with_batch_size(size),
+            BatchPlan::new(size, None),
             &harness::model::Intervention::default(),
             &mut log,
             &harness::io::progress::Progress::hidden(),

@@ -15,14 +15,15 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::commands::{load_model, parse_ablate};
-use crate::diagnostics::capture::pass;
+use crate::commands::{load_to_run, parse_ablate};
+use crate::diagnostics::capture::{pass, LOSS_ROWS};
 use crate::diagnostics::phases::{auto_rule, phases};
 use crate::diagnostics::summary::{mean, summarize};
 use crate::embeddings::encode::{self, Encoding};
 use crate::io::progress::Progress;
 use crate::model::capture::BatchPlan;
 use crate::model::dtype::Engine;
+use crate::model::memory::Workload;
 use crate::model::source::LoadedModel;
 use crate::model::Intervention;
 use crate::results::analyze::{AblationResult, AnalyzeResult, Settings, SCHEMA};
@@ -347,7 +348,13 @@ pub fn run_command(cmd: AnalyzeCommand) -> Result<()> {
         (None, Some(task)) => task_prompts(&crate::tasks::load(task)?, cmd.limit)?,
         (None, None) => austen_prompts(cmd.limit.unwrap_or(DEFAULT_PROMPTS), cmd.max_tokens)?,
     };
-    let loaded = load_model(&cmd.model, cmd.engine)?;
+    let work = Workload {
+        longest: Some(cmd.max_tokens),
+        attention: true,
+        logit_rows: LOSS_ROWS,
+        ..Workload::pass(cmd.plan)
+    };
+    let loaded = load_to_run(&cmd.model, cmd.engine, &work)?;
     let _lock = crate::results::analyze::lock_result(&cmd.out, &loaded.source.name)?;
     let opts = AnalyzeOptions {
         encoding: cmd.encoding,

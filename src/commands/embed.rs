@@ -6,12 +6,13 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::commands::{load_model, warn_truncated};
+use crate::commands::{load_to_run, warn_truncated};
 use crate::embeddings::encode::{self, Encoding};
 use crate::embeddings::pool::Pool;
 use crate::io::progress::Progress;
 use crate::model::capture::BatchPlan;
 use crate::model::dtype::Engine;
+use crate::model::memory::Workload;
 use crate::model::Intervention;
 
 /// What `harness embed` was asked to do.
@@ -33,8 +34,12 @@ pub struct EmbedCommand {
 /// Embeds the texts, says how fast, and writes the vectors with their provenance.
 pub fn run(cmd: &EmbedCommand) -> Result<()> {
     crate::io::output::check_destination(&cmd.out)?;
-    let loaded = load_model(&cmd.model, cmd.engine)?;
     let texts = crate::datasets::read_lines(&cmd.input)?;
+    let work = Workload {
+        texts: texts.len(),
+        ..Workload::pass(cmd.plan)
+    };
+    let loaded = load_to_run(&cmd.model, cmd.engine, &work)?;
     let progress = Progress::new("embed", "tokens", cmd.quiet);
     let out = encode::embed_texts(
         &loaded,

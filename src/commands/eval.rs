@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::commands::analyze;
-use crate::commands::{load_model, parse_ablate, warn_truncated};
+use crate::commands::{load_to_run, parse_ablate, warn_truncated};
 use crate::embeddings::encode::{self, Encoding};
 use crate::embeddings::pool::Pool;
 use crate::embeddings::session::{Session, SessionOptions};
@@ -15,6 +15,7 @@ use crate::io::output::WriteLock;
 use crate::io::progress::Progress;
 use crate::model::capture::BatchPlan;
 use crate::model::dtype::Engine;
+use crate::model::memory::Workload;
 use crate::model::source::LoadedModel;
 use crate::model::Intervention;
 use crate::results::eval::{
@@ -24,6 +25,7 @@ use crate::results::eval::{
 use crate::results::lock_result;
 use crate::stats::bootstrap;
 use crate::stats::scores::Scored;
+use crate::tasks::generation::LENS_CHUNK;
 use crate::tasks::{self, LoadedTask, PreparedTask, TaskOptions};
 
 /// Peaks at or beyond this relative depth are in the paper's Refine phase (late
@@ -365,6 +367,24 @@ pub fn lock_results(
         .collect()
 }
 
+/// What running `tasks` asks of the model, for the memory check: every embedding
+/// task's pooled vectors are kept to the end (an upper bound where tasks share
+/// texts), a generation task unembeds rows, the ablation pass reads attention.
+fn workload(tasks: &[LoadedTask], opts: &EvalOptions, ablate: bool) -> Result<Workload> {
+    let task_opts = opts.tasks();
+    let mut texts = 0;
+    for task in tasks.iter().filter(|t| t.spec.kind().is_embedding()) {
+        texts += task.texts(&task_opts)?.len();
+    }
+    let generation = tasks.iter().any(|t| !t.spec.kind().is_embedding());
+    Ok(Workload {
+        texts,
+        attention: ablate,
+        logit_rows: if generation { LENS_CHUNK } else { 0 },
+        ..Workload::pass(opts.plan)
+    })
+}
+
 /// What `harness eval` was asked to do.
 #[derive(Debug, Clone)]
 pub struct EvalCommand {
@@ -407,7 +427,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     let ablate = parse_ablate(ablate.as_deref())?;
     // Settings that cannot give a result fail before the model loads.
     opts.check()?;
-    let model = load_model(&model, engine)?;
+    let model = load_to_run(&model, engine, &workload(&tasks, &opts, ablate.is_some())?)?;
     if let Some(a) = &ablate {
         let progress = Progress::new("ablation", "tokens", opts.quiet);
         let (blocks, rule) =

@@ -11,13 +11,27 @@ use anyhow::Result;
 
 use crate::io::warnings::warn;
 use crate::model::dtype::Engine;
+use crate::model::memory::{self, Workload};
 use crate::model::source::{self, LoadedModel};
 use analyze::Ablate;
 
 /// Loads a model for `engine`, passing on what the loader has to say about its
 /// checkpoint. A device this build cannot run on fails before anything is read.
 pub fn load_model(spec: &str, engine: Engine) -> Result<LoadedModel> {
-    let loaded = source::load_on(spec, engine)?;
+    loaded(source::load_on(spec, engine)?)
+}
+
+/// [`load_model`] for a command that will run `work` on the model: a run whose
+/// estimated memory will not fit fails, with the figures, before any weight is read.
+pub fn load_to_run(spec: &str, engine: Engine, work: &Workload) -> Result<LoadedModel> {
+    engine.device.check_supported()?;
+    let source = source::resolve(spec)?;
+    memory::check_source(&source, engine.dtype, engine.device, work)?;
+    loaded(source::load_source(source, engine)?)
+}
+
+/// Passes on the loader's warnings.
+fn loaded(loaded: LoadedModel) -> Result<LoadedModel> {
     for warning in &loaded.warnings {
         warn(warning);
     }

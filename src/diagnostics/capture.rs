@@ -16,7 +16,7 @@ use crate::model::{Intervention, Transformer};
 
 /// Rows of logits computed at once for the loss: Gemma's 262k-entry vocabulary makes
 /// each row a megabyte.
-const LOSS_ROWS: usize = 256;
+pub const LOSS_ROWS: usize = 256;
 
 /// One prompt's metrics at every layer; layer 0 has no attention.
 pub type PromptLayers = Vec<(ResidMetrics, Option<AttentionMetrics>)>;

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, Tensor};
 
 use crate::io::progress::Progress;
-use crate::model::{Intervention, Transformer};
+use crate::model::{memory, Intervention, Transformer};
 
 /// One padded batch. Sequences are right-padded, so every sequence starts at
 /// position 0 and its positions are the same as when run alone.
@@ -120,10 +120,14 @@ pub trait Capture {
     }
 }
 
-/// How sequences are grouped into batches.
-#[derive(Debug, Clone, Copy)]
+/// How sequences are grouped into batches: by a token budget and a row cap, both
+/// applying, over sequences sorted longest first, so that short texts fill a batch
+/// and one long text cannot make a batch of many long rows. Results do not depend
+/// on the plan (each row is computed as if alone); memory and speed do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchPlan {
-    /// Most padded tokens in one batch (rows x padded length).
+    /// Most padded tokens in one batch (rows x padded length). A sequence longer
+    /// than this runs alone.
     pub max_tokens: usize,
     /// Most sequences in one batch.
     pub max_size: usize,
@@ -132,23 +136,34 @@ pub struct BatchPlan {
 impl Default for BatchPlan {
     fn default() -> Self {
         Self {
-            max_tokens: 4096,
-            max_size: 64,
+            max_tokens: DEFAULT_MAX_TOKENS,
+            max_size: DEFAULT_MAX_SIZE,
         }
     }
 }
 
+/// `--max-batch-tokens` when it is not given.
+pub const DEFAULT_MAX_TOKENS: usize = 4096;
+/// `--batch-size` when it is not given.
+pub const DEFAULT_MAX_SIZE: usize = 64;
+
 impl BatchPlan {
-    /// The plan for `--batch-size`: exactly `n` sequences per batch (at least one),
-    /// whatever their padded size; the default plan when it is not given.
-    pub fn with_batch_size(n: Option<usize>) -> Self {
-        match n {
-            Some(n) => Self {
-                max_tokens: usize::MAX,
-                max_size: n.max(1),
-            },
-            None => Self::default(),
+    /// The plan for `--batch-size` and `--max-batch-tokens`: each limit is its
+    /// default when not given, and at least 1 (0 runs one sequence at a time).
+    pub fn new(batch_size: Option<usize>, max_tokens: Option<usize>) -> Self {
+        Self {
+            max_tokens: max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).max(1),
+            max_size: batch_size.unwrap_or(DEFAULT_MAX_SIZE).max(1),
         }
+    }
+
+    /// How many of the sequences of `lens` (sorted longest first) the next batch
+    /// takes: as many as fit the budget at the first one's length, at least one.
+    fn rows(&self, lens: &[usize]) -> usize {
+        let len = lens.first().copied().unwrap_or(0).max(1);
+        (self.max_tokens / len)
+            .clamp(1, self.max_size)
+            .min(lens.len())
     }
 }
 
@@ -175,12 +190,24 @@ pub fn run(
     order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
     let total: usize = seqs.iter().map(|s| s.len()).sum();
     progress.set_length(total as u64);
+    let lens: Vec<usize> = order.iter().map(|&i| seqs[i].len()).collect();
+    let attention = (1..=capture.depth()).any(|l| capture.wants_attention(l));
     let mut start = 0;
     while start < order.len() {
         // Sorted longest first, so the first row sets the padded length.
-        let len = seqs[order[start]].len().max(1);
-        let rows = (plan.max_tokens / len).clamp(1, plan.max_size);
-        let end = (start + rows).min(order.len());
+        let end = start + plan.rows(&lens[start..]);
+        if lens[start] > plan.max_tokens {
+            // The pre-load check counted batches within the budget; this one is not.
+            let long = memory::LongBatch {
+                config: &model.config,
+                dtype: model.dtype(),
+                plan: &plan,
+                input: order[start] + 1,
+                tokens: lens[start],
+                attention,
+            };
+            memory::check_long_batch(&long, &memory::host_available()?)?;
+        }
         let rows: Vec<(usize, Vec<u32>)> = order[start..end]
             .iter()
             .map(|&i| (i, seqs[i].clone()))
@@ -199,7 +226,42 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::CapturePoint;
+    use super::{BatchPlan, CapturePoint};
+
+    /// Splits sequences of `lens` (sorted longest first) as `run` does.
+    fn batches(plan: BatchPlan, lens: &[usize]) -> Vec<Vec<usize>> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < lens.len() {
+            let end = start + plan.rows(&lens[start..]);
+            out.push(lens[start..end].to_vec());
+            start = end;
+        }
+        out
+    }
+
+    #[test]
+    fn batches_fill_the_token_budget_under_the_row_cap() {
+        let lens = [300, 100, 90, 50, 10, 10, 10, 10];
+        // 300 runs alone past a budget of 256; then rows x padded length <= 256.
+        let plan = BatchPlan::new(None, Some(256));
+        assert_eq!(
+            batches(plan, &lens),
+            [vec![300], vec![100, 90], vec![50, 10, 10, 10, 10]]
+        );
+        for b in batches(plan, &lens).iter().skip(1) {
+            assert!(b.len() * b[0] <= 256, "{b:?}");
+        }
+        // Both limits apply: at most 2 rows however short.
+        let two = BatchPlan::new(Some(2), Some(256));
+        assert!(batches(two, &lens).iter().all(|b| b.len() <= 2));
+        assert_eq!(batches(two, &lens).concat(), lens);
+        // The defaults, and 0 meaning one at a time.
+        assert_eq!(BatchPlan::new(None, None), BatchPlan::default());
+        let one = BatchPlan::new(Some(0), Some(0));
+        assert_eq!(batches(one, &lens).len(), lens.len());
+        assert_eq!(batches(BatchPlan::default(), &lens).len(), 1);
+    }
 
     #[test]
     fn capture_points_round_trip_their_names() {

@@ -125,6 +125,19 @@ impl HfDir {
     /// Every tensor's name and dtype (as the header spells it, e.g. `BF16`), file by
     /// file, from the headers alone.
     pub fn tensor_dtypes(&self) -> Result<Vec<(String, String)>> {
+        self.tensors(|view| format!("{:?}", view.dtype()))
+    }
+
+    /// Every tensor's name and shape, file by file, from the headers alone.
+    pub fn tensor_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        self.tensors(|view| view.shape().to_vec())
+    }
+
+    /// `what` of every tensor's header entry, with its name.
+    fn tensors<T>(
+        &self,
+        what: impl Fn(&safetensors::tensor::TensorView) -> T,
+    ) -> Result<Vec<(String, T)>> {
         let mut tensors = Vec::new();
         for file in self.weight_files()? {
             // SAFETY: the file is only read, and only its header, while the mapping lives.
@@ -136,12 +149,10 @@ impl HfDir {
                 };
                 anyhow!("{} is not a valid safetensors file: {e}", file.display())
             })?;
-            tensors.extend(
-                mapped
-                    .tensors()
-                    .into_iter()
-                    .map(|(name, view)| (name, format!("{:?}", view.dtype()))),
-            );
+            tensors.extend(mapped.tensors().into_iter().map(|(name, view)| {
+                let value = what(&view);
+                (name, value)
+            }));
         }
         Ok(tensors)
     }

@@ -13,6 +13,7 @@ pub mod gpt_neox;
 pub mod hf;
 pub mod kernels;
 pub mod llama;
+pub mod memory;
 mod reads;
 pub mod source;
 pub mod tensor_ops;

@@ -155,8 +155,13 @@ pub fn load_as(spec: &str, dtype: Dtype) -> Result<LoadedModel> {
 /// Resolves and loads a model with its tokenizer, its weights held in the engine's
 /// type on its device.
 pub fn load_on(spec: &str, engine: Engine) -> Result<LoadedModel> {
+    load_source(resolve(spec)?, engine)
+}
+
+/// Loads a resolved model with its tokenizer, its weights held in the engine's type
+/// on its device.
+pub fn load_source(source: ModelSource, engine: Engine) -> Result<LoadedModel> {
     let device = engine.device.open()?;
-    let source = resolve(spec)?;
     let files = Snapshot::take(source.files()?)?;
     let placement = Placement {
         dtype: engine.dtype,

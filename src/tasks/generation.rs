@@ -73,7 +73,7 @@ struct LensCapture<'m> {
 }
 
 /// Rows unembedded at once: bounds the `[rows, vocab]` logits held in memory.
-const LENS_CHUNK: usize = 128;
+pub const LENS_CHUNK: usize = 128;
 
 impl Capture for LensCapture<'_> {
     fn depth(&self) -> usize {
