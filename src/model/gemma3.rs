@@ -193,10 +193,11 @@ pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
 
 /// Builds Gemma 3 from a GGUF file.
 pub fn from_gguf(file: &GgufFile) -> Result<Transformer> {
-    let n = file.arch_size("block_count")?;
-    let heads = file.arch_size("attention.head_count")?;
-    let hidden = file.arch_size("embedding_length")?;
-    let head_dim = file.arch_size_or("attention.key_length", hidden / heads)?;
+    let config = ModelConfig {
+        architecture: "gemma3".into(),
+        ..file.model_config()?
+    };
+    let (n, head_dim) = (config.num_layers, config.head_dim);
     let window = file.arch_size("attention.sliding_window")?;
     let global_theta = file.arch_f64_or("rope.freq_base", 1_000_000.0)?;
     // GGUF stores neither the layer pattern nor the local rotary base; these are the
@@ -212,17 +213,7 @@ pub fn from_gguf(file: &GgufFile) -> Result<Transformer> {
         })
         .collect();
     let s = Settings {
-        config: ModelConfig {
-            architecture: "gemma3".into(),
-            num_layers: n,
-            hidden_size: hidden,
-            num_heads: heads,
-            num_kv_heads: file.arch_size_or("attention.head_count_kv", heads)?,
-            head_dim,
-            intermediate_size: file.arch_size("feed_forward_length")?,
-            vocab_size: file.vocab_size()?,
-            context_length: file.arch_size("context_length")?,
-        },
+        config,
         eps: file.arch_f64("attention.layer_norm_rms_epsilon")?,
         norm_offset: 0.0,
         query_scale: 1.0 / (head_dim as f64).sqrt(),

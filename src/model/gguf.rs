@@ -16,6 +16,7 @@ use candle_nn::VarBuilder;
 
 use super::dtype::Placement;
 use super::reads::Reads;
+use super::ModelConfig;
 
 /// An open GGUF file.
 pub struct GgufFile {
@@ -60,6 +61,24 @@ impl GgufFile {
     pub fn placed(mut self, placement: Placement) -> Self {
         self.placement = placement;
         self
+    }
+
+    /// The model's shape from the metadata keys every architecture uses; the
+    /// architecture files add what is their own.
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        let hidden = self.arch_size("embedding_length")?;
+        let heads = self.arch_size("attention.head_count")?;
+        Ok(ModelConfig {
+            architecture: self.architecture().to_string(),
+            num_layers: self.arch_size("block_count")?,
+            hidden_size: hidden,
+            num_heads: heads,
+            num_kv_heads: self.arch_size_or("attention.head_count_kv", heads)?,
+            head_dim: self.arch_size_or("attention.key_length", hidden / heads)?,
+            intermediate_size: self.arch_size("feed_forward_length")?,
+            vocab_size: self.vocab_size()?,
+            context_length: self.arch_size("context_length")?,
+        })
     }
 
     /// The file's metadata, typed.

@@ -161,26 +161,15 @@ pub fn from_gguf(file: &GgufFile) -> Result<Transformer> {
             file.path.display()
         );
     }
-    let hidden = file.arch_size("embedding_length")?;
-    let heads = file.arch_size("attention.head_count")?;
-    let layers = file.arch_size("block_count")?;
+    let config = file.model_config()?;
+    let layers = config.num_layers;
     let window = if file.has_arch_key("attention.sliding_window") {
         Some(file.arch_size("attention.sliding_window")?)
     } else {
         None
     };
     let s = Settings {
-        config: ModelConfig {
-            architecture: arch.clone(),
-            num_layers: layers,
-            hidden_size: hidden,
-            num_heads: heads,
-            num_kv_heads: file.arch_size_or("attention.head_count_kv", heads)?,
-            head_dim: file.arch_size_or("attention.key_length", hidden / heads)?,
-            intermediate_size: file.arch_size("feed_forward_length")?,
-            vocab_size: file.vocab_size()?,
-            context_length: file.arch_size("context_length")?,
-        },
+        config,
         eps: file.arch_f64("attention.layer_norm_rms_epsilon")?,
         theta: file.arch_f64_or("rope.freq_base", 10_000.0)?,
         scaling: RopeScaling::None,

@@ -164,7 +164,7 @@ impl Footprint {
                     .values()
                     .map(|info| info.shape.dims().to_vec())
                     .collect();
-                (gguf_config(&file)?, shapes)
+                (GgufFile::model_config(&file)?, shapes)
             }
             Format::Safetensors => {
                 let dir = HfDir::open(&source.path)?;
@@ -454,23 +454,6 @@ pub fn check_long_batch(long: &LongBatch, available: &Available) -> Result<()> {
         gib(available.bytes),
         available.what
     )
-}
-
-/// The model's shape from GGUF metadata, under the keys every architecture uses.
-fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
-    let hidden = file.arch_size("embedding_length")?;
-    let heads = file.arch_size("attention.head_count")?;
-    Ok(ModelConfig {
-        architecture: file.architecture().to_string(),
-        num_layers: file.arch_size("block_count")?,
-        hidden_size: hidden,
-        num_heads: heads,
-        num_kv_heads: file.arch_size_or("attention.head_count_kv", heads)?,
-        head_dim: file.arch_size_or("attention.key_length", hidden / heads)?,
-        intermediate_size: file.arch_size("feed_forward_length")?,
-        vocab_size: file.vocab_size()?,
-        context_length: file.arch_size("context_length")?,
-    })
 }
 
 /// The model's shape from `config.json` (the text model's, in a multimodal one),
