@@ -164,7 +164,6 @@ macro_rules! dispatch {
         }
     };
 }
-#[cfg(target_arch = "x86_64")]
 
 /// A raw pointer that rayon tasks share to write disjoint tiles of one output.
 #[derive(Clone, Copy)]
@@ -173,6 +172,17 @@ struct OutPtr(*mut f32);
 // one block of columns) and the buffer outlives the parallel loop.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `i` places on. A method, so closures capture the whole `Sync`
+    /// wrapper rather than its raw-pointer field.
+    ///
+    /// # Safety
+    /// `i` lies inside the output.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
 
 impl PackedMatrix {
     /// Packs a CPU weight `[n, k]` for [`Kernel::detect`]'s kernel; `None` where that
@@ -373,14 +383,13 @@ fn tiles(
     (0..row_blocks * col_blocks)
         .into_par_iter()
         .for_each(|blk| {
-            let c = c;
             let (rb, cb) = (blk / col_blocks, blk % col_blocks);
             let rows = rb * mb..((rb + 1) * mb).min(m);
             for j in cb * nb..((cb + 1) * nb).min(panels) {
                 let cols = nr.min(n - j * nr);
                 for r in rows.clone().step_by(mr) {
                     // SAFETY: (r, j) lies inside the m x n output; tasks own disjoint blocks.
-                    let dst = unsafe { c.0.add(r * n + j * nr) };
+                    let dst = unsafe { c.at(r * n + j * nr) };
                     tile(r, mr.min(rows.end - r), j, dst, cols);
                 }
             }
