@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Python reference for `harness embed`: transformers fp32, eager attention,
+"""Python reference for `harness embed`: transformers fp32 with eager attention (or
+bf16 with SDPA, what transformers v5 picks for a bf16 model, with --dtype bf16),
 output_hidden_states=True, mean pooling over real tokens at every layer.
 
 Batches are sorted by length (longest first) so padding stays small, the way a
@@ -8,6 +9,7 @@ block's output before the final norm, as in harness, so the two outputs can be
 compared value for value.
 
 Usage: embed_reference.py --input texts.txt --out ref.safetensors [--batch-size 32] [--threads 2]
+                          [--dtype f32|bf16]
 Prints one JSON line: {"tokens": N, "seconds": S, "tokens_per_s": R, "load_seconds": L}.
 """
 
@@ -28,6 +30,7 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -37,7 +40,10 @@ def main():
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf)
     model = AutoModel.from_pretrained(
-        model_dir, gguf_file=gguf, dtype=torch.float32, attn_implementation="eager"
+        model_dir,
+        gguf_file=gguf,
+        dtype=torch.float32 if args.dtype == "f32" else torch.bfloat16,
+        attn_implementation="eager" if args.dtype == "f32" else "sdpa",
     ).eval()
     load_seconds = time.perf_counter() - t0
 
@@ -62,7 +68,7 @@ def main():
             states = list(result.hidden_states[:-1]) + [last_block["h"]]
             m = mask[:, :, None].float()
             for l, h in enumerate(states):
-                out[rows, l] = (h * m).sum(1) / m.sum(1)
+                out[rows, l] = (h.float() * m).sum(1) / m.sum(1)
     seconds = time.perf_counter() - start
     tokens = sum(len(i) for i in ids)
     save_file({"embeddings": out.contiguous()}, args.out)

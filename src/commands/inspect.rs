@@ -1,11 +1,14 @@
 //! `harness inspect`: a model's architecture and shapes, as a table or JSON, and
-//! (in the table) the memory a run with the default batches needs in f32 and bf16.
+//! (in the table) the memory a run with the default batches needs in f32 and bf16
+//! and the matrix-product kernel this CPU runs for each weight type.
 
 use anyhow::Result;
+use candle_core::DType;
 
 use crate::commands::load_model;
 use crate::model::capture::BatchPlan;
 use crate::model::dtype::{DeviceSpec, Dtype, Engine};
+use crate::model::kernels::gemm::Kernel;
 use crate::model::memory::{Footprint, Workload};
 
 /// Prints the model's description: JSON when `json`, else a table.
@@ -25,5 +28,14 @@ pub fn run(model: &str, json: bool) -> Result<()> {
             "memory to run in {dtype} (default batches, before kept outputs): about {estimate}"
         );
     }
+    let kernels = [
+        ("f32", DType::F32),
+        ("bf16", DType::BF16),
+        ("f16", DType::F16),
+    ]
+    .map(|(name, dtype)| Ok(format!("{name} {}", Kernel::detect(dtype)?)))
+    .into_iter()
+    .collect::<Result<Vec<_>>>()?;
+    println!("{:<18} {}", "matrix_kernels", kernels.join(", "));
     Ok(())
 }

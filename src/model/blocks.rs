@@ -2,11 +2,14 @@
 //! attention, MLPs and the residual block. Architecture files only decide which pieces
 //! a model uses and where its weights are; the arithmetic lives here, once.
 
+use std::sync::Arc;
+
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::dtype::Dtype;
+use super::kernels::gemm::PackedMatrix;
 use super::{kernels, tensor_ops};
 
 /// Which code computes the forward pass: the fused CPU kernels, or candle's tensor
@@ -116,8 +119,25 @@ impl Norm {
 /// A dense map `y = x W^T + b` with the weight stored as `[out, in]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+/// A CPU weight is packed once for the CPU's matrix kernel; a weight elsewhere, or
+/// one the portable kernel reads as it is, stays a tensor.
+#[derive(Debug, Clone)]
+enum Weight {
+    Dense(Tensor),
+    Packed(Arc<PackedMatrix>, DType),
+}
+
+impl Weight {
+    fn new(w: Tensor) -> Result<Self> {
+        Ok(match PackedMatrix::pack(&w)? {
+            Some(p) => Weight::Packed(Arc::new(p), w.dtype()),
+            None => Weight::Dense(w),
+        })
+    }
 }
 
 impl Linear {
@@ -129,25 +149,31 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Self::new(weight, bias)
     }
 
     /// Loads a GPT-2 style `Conv1D`, whose weight is stored transposed as `[in, out]`.
     pub fn load_conv1d(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
         let weight = vb.get((in_dim, out_dim), "weight")?.t()?.contiguous()?;
         let bias = Some(vb.get(out_dim, "bias")?.to_dtype(DType::F32)?);
-        Ok(Self { weight, bias })
+        Self::new(weight, bias)
     }
 
     /// A map from its weight `[out, in]` and optional bias `[out]`.
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self {
+            weight: Weight::new(weight)?,
+            bias,
+        })
     }
 
     /// Stacks several maps that read the same input into one, so that one matrix
     /// product replaces several smaller, slower ones.
     pub fn fuse(parts: &[Linear]) -> Result<Self> {
-        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let weights = parts
+            .iter()
+            .map(|p| p.weight())
+            .collect::<Result<Vec<_>>>()?;
         let weight = Tensor::cat(&weights, 0)?;
         let bias = if parts.iter().all(|p| p.bias.is_some()) {
             let biases: Vec<&Tensor> = parts.iter().filter_map(|p| p.bias.as_ref()).collect();
@@ -155,25 +181,33 @@ impl Linear {
         } else if parts.iter().any(|p| p.bias.is_some()) {
             let biases = parts
                 .iter()
-                .map(|p| match &p.bias {
+                .zip(&weights)
+                .map(|(p, w)| match &p.bias {
                     Some(b) => Ok(b.clone()),
-                    None => Ok(Tensor::zeros(
-                        p.weight.dim(0)?,
-                        DType::F32,
-                        p.weight.device(),
-                    )?),
+                    None => Ok(Tensor::zeros(w.dim(0)?, DType::F32, w.device())?),
                 })
                 .collect::<Result<Vec<_>>>()?;
             Some(Tensor::cat(&biases, 0)?)
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Self::new(weight, bias)
     }
 
-    /// The weight, `[out, in]`.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The weight, `[out, in]` (unpacked into a new tensor where it was packed).
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Dense(w) => Ok(w.clone()),
+            Weight::Packed(p, dtype) => Ok(p.to_tensor()?.to_dtype(*dtype)?),
+        }
+    }
+
+    /// The output size.
+    pub fn out_dim(&self) -> Result<usize> {
+        match &self.weight {
+            Weight::Dense(w) => Ok(w.dim(0)?),
+            Weight::Packed(p, _) => Ok(p.dims().0),
+        }
     }
 
     /// The bias, `[out]`, if the map has one.
@@ -188,21 +222,24 @@ impl Linear {
             Some(b) => Some(b.narrow(0, start, len)?),
             None => None,
         };
-        Ok(Self {
-            weight: self.weight.narrow(0, start, len)?.contiguous()?,
-            bias,
-        })
+        Self::new(self.weight()?.narrow(0, start, len)?.contiguous()?, bias)
     }
 
     /// Applies the map to `[n, in]` rows. The output is rounded to the weight's
     /// type, as a product in that type (accumulated in f32) would be.
     pub fn forward(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
-        let y = ops.matmul_t(x, &self.weight)?;
+        let (y, dtype) = match (&self.weight, ops) {
+            (Weight::Packed(p, dtype), Ops::Fused) => (p.matmul_t(x)?, *dtype),
+            (Weight::Dense(w), ops) => (ops.matmul_t(x, w)?, w.dtype()),
+            // Only the tests run the tensor ops on the CPU, where weights are packed:
+            // they read the weight unpacked again.
+            (Weight::Packed(_, dtype), Ops::Tensor) => (ops.matmul_t(x, &self.weight()?)?, *dtype),
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        Dtype::from_candle(self.weight.dtype())?.round(&y)
+        Dtype::from_candle(dtype)?.round(&y)
     }
 }
 
@@ -262,7 +299,7 @@ pub struct Mlp {
 impl Mlp {
     /// `down(act(gate x) * up x)`.
     pub fn gated(gate: Linear, up: Linear, down: Linear, act: Activation) -> Result<Self> {
-        let intermediate = up.weight.dim(0)?;
+        let intermediate = up.out_dim()?;
         Ok(Self {
             up: Linear::fuse(&[gate, up])?,
             down,
@@ -274,7 +311,7 @@ impl Mlp {
 
     /// `down(act(up x))`.
     pub fn plain(up: Linear, down: Linear, act: Activation) -> Result<Self> {
-        let intermediate = up.weight.dim(0)?;
+        let intermediate = up.out_dim()?;
         Ok(Self {
             up,
             down,

@@ -154,10 +154,10 @@ pub fn from_hf(dir: &HfDir) -> Result<Transformer> {
 /// The fused projection interleaves heads (rows are `[head][q|k|v][channel]`);
 /// reorders them to `[q|k|v][head][channel]` so each projection is a block of rows.
 fn by_projection(qkv: Linear, heads: usize) -> Result<Linear> {
-    let (rows, cols) = qkv.weight().dims2()?;
+    let (rows, cols) = qkv.weight()?.dims2()?;
     let hd = rows / (3 * heads);
     let weight = qkv
-        .weight()
+        .weight()?
         .reshape((heads, 3, hd, cols))?
         .transpose(0, 1)?
         .reshape((rows, cols))?;
@@ -165,5 +165,5 @@ fn by_projection(qkv: Linear, heads: usize) -> Result<Linear> {
         Some(b) => Some(b.reshape((heads, 3, hd))?.transpose(0, 1)?.reshape(rows)?),
         None => None,
     };
-    Ok(Linear::new(weight, bias))
+    Linear::new(weight, bias)
 }

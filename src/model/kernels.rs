@@ -10,6 +10,8 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
+pub mod gemm;
+
 /// `x W^T` for rows `x: [m, k]` and a weight `w: [n, k]`. A bf16/f16 weight is
 /// widened to f32 for this one product (the kernels compute in f32).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -312,12 +314,21 @@ impl SyncPtr {
 /// Calls `f` with the contiguous f32 data of a tensor: without copying it when it is
 /// on the CPU, copied to the host when it is on a GPU.
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = t.to_device(&Device::Cpu)?.contiguous()?;
+    with_slice(&t.to_device(&Device::Cpu)?, f)
+}
+
+/// Calls `f` with the contiguous data of a CPU tensor of element type `T`, without
+/// copying it.
+pub fn with_slice<T: candle_core::WithDType, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> R,
+) -> Result<R> {
+    let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
         bail!("expected a CPU tensor");
     };
-    let data = cpu.as_slice::<f32>()?;
+    let data = cpu.as_slice::<T>()?;
     let Some((from, to)) = layout.contiguous_offsets() else {
         bail!("expected a contiguous tensor");
     };

@@ -1,0 +1,606 @@
+//! Matrix products `x W^T` against weights packed once, at load, into the layout the
+//! chosen kernel reads.
+//!
+//! The kernel is chosen at run time from the CPU's features ([`Kernel::detect`]):
+//! AVX512_BF16 `vdpbf16ps` for bf16 weights (activations rounded to bf16 per product,
+//! as transformers holds them, sums in f32), AVX-512 or AVX2 + FMA in f32 (bf16
+//! weights stay bf16 in memory and are widened in registers), and otherwise no
+//! packing: [`super::matmul_t`] (`matrixmultiply`). `HARNESS_GEMM` forces one by
+//! name, for comparing them. Weights are cut into panels of `NR` output columns,
+//! each stored inner-dimension-major so a tile reads it front to back; the product
+//! runs blocks of rows by blocks of panels in parallel on rayon's pool.
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::fmt;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+
+use super::with_slice;
+use rayon::prelude::*;
+
+/// A matrix-product kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX512_BF16 dot products on bf16 weights and activations.
+    Avx512Bf16,
+    /// AVX-512F, f32 arithmetic.
+    Avx512,
+    /// AVX2 and FMA, f32 arithmetic.
+    Avx2,
+    /// No packing: `matrixmultiply`, with bf16/f16 weights widened per product.
+    Portable,
+}
+
+impl Kernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [Kernel; 4] = [Self::Avx512Bf16, Self::Avx512, Self::Avx2, Self::Portable];
+
+    /// The name `HARNESS_GEMM` takes and `harness inspect` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avx512Bf16 => "avx512-bf16",
+            Self::Avx512 => "avx512",
+            Self::Avx2 => "avx2",
+            Self::Portable => "portable",
+        }
+    }
+
+    /// The CPU features the kernel needs, as named in `/proc/cpuinfo`.
+    pub fn needs(self) -> &'static str {
+        match self {
+            Self::Avx512Bf16 => "avx512f avx512_bf16",
+            Self::Avx512 => "avx512f",
+            Self::Avx2 => "avx2 fma",
+            Self::Portable => "nothing",
+        }
+    }
+
+    /// Whether this CPU runs the kernel.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Self::Avx512Bf16 => {
+                    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+                }
+                Self::Avx512 => is_x86_feature_detected!("avx512f"),
+                Self::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+                Self::Portable => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Self::Portable
+        }
+    }
+
+    /// Whether the kernel reads weights of `dtype` (f16 goes through the portable one).
+    pub fn reads(self, dtype: DType) -> bool {
+        match self {
+            Self::Avx512Bf16 => dtype == DType::BF16,
+            Self::Avx512 | Self::Avx2 => matches!(dtype, DType::F32 | DType::BF16),
+            Self::Portable => true,
+        }
+    }
+
+    /// The kernel for weights of `dtype` on this CPU: `HARNESS_GEMM` if set, else the
+    /// first of [`Kernel::ALL`] that the CPU runs and that reads `dtype`.
+    pub fn detect(dtype: DType) -> Result<Kernel> {
+        match std::env::var("HARNESS_GEMM") {
+            Ok(name) => {
+                let Some(k) = Self::ALL.into_iter().find(|k| k.name() == name) else {
+                    bail!("HARNESS_GEMM={name}: expected avx512-bf16, avx512, avx2 or portable");
+                };
+                if !k.available() {
+                    bail!("HARNESS_GEMM={name}: this CPU lacks {}", k.needs());
+                }
+                if !k.reads(dtype) {
+                    bail!("HARNESS_GEMM={name}: the kernel does not read {dtype:?} weights");
+                }
+                Ok(k)
+            }
+            Err(_) => Ok(Self::ALL
+                .into_iter()
+                .find(|k| k.available() && k.reads(dtype))
+                .unwrap_or(Self::Portable)),
+        }
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Packed weight elements: f32, or bf16 bits.
+#[derive(Clone)]
+enum Panels {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+/// A weight `[n, k]` packed for one kernel, for products `x W^T`.
+#[derive(Clone)]
+pub struct PackedMatrix {
+    n: usize,
+    k: usize,
+    kernel: Kernel,
+    panels: Panels,
+}
+
+impl fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "PackedMatrix[{}, {}; {}]", self.n, self.k, self.kernel)
+    }
+}
+
+/// Calls `$f::<E, MR>` (or `$f::<MR>`) with the tile's row count as a constant, so
+/// each row count gets its own fully unrolled kernel.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dispatch {
+    ($rows:expr, $f:ident $(::<$e:ty>)?, $t:expr, 12) => {
+        match $rows {
+            12 => $f::<$($e,)? 12>($t),
+            11 => $f::<$($e,)? 11>($t),
+            10 => $f::<$($e,)? 10>($t),
+            9 => $f::<$($e,)? 9>($t),
+            8 => $f::<$($e,)? 8>($t),
+            7 => $f::<$($e,)? 7>($t),
+            _ => dispatch!($rows, $f $(::<$e>)?, $t, 6),
+        }
+    };
+    ($rows:expr, $f:ident $(::<$e:ty>)?, $t:expr, 6) => {
+        match $rows {
+            6 => $f::<$($e,)? 6>($t),
+            5 => $f::<$($e,)? 5>($t),
+            4 => $f::<$($e,)? 4>($t),
+            3 => $f::<$($e,)? 3>($t),
+            2 => $f::<$($e,)? 2>($t),
+            _ => $f::<$($e,)? 1>($t),
+        }
+    };
+}
+
+/// A raw pointer that rayon tasks share to write disjoint tiles of one output.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of output elements (one block of rows by
+// one block of columns) and the buffer outlives the parallel loop.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `i` places on. A method, so closures capture the whole `Sync`
+    /// wrapper rather than its raw-pointer field.
+    ///
+    /// # Safety
+    /// `i` lies inside the output.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
+
+impl PackedMatrix {
+    /// Packs a CPU weight `[n, k]` for [`Kernel::detect`]'s kernel; `None` where that
+    /// is the portable one (or the weight is not on the CPU), which reads the tensor.
+    pub fn pack(w: &Tensor) -> Result<Option<Self>> {
+        if !matches!(w.device(), Device::Cpu) {
+            return Ok(None);
+        }
+        Self::pack_for(w, Kernel::detect(w.dtype())?)
+    }
+
+    /// Packs `w` for `kernel`, which must be available and read `w`'s type; `None` for
+    /// the portable kernel.
+    pub fn pack_for(w: &Tensor, kernel: Kernel) -> Result<Option<Self>> {
+        if !kernel.available() || !kernel.reads(w.dtype()) {
+            bail!("kernel {kernel} cannot run {:?} weights here", w.dtype());
+        }
+        let (n, k) = w.dims2()?;
+        let nr = kernel.nr();
+        let panels = match (kernel, w.dtype()) {
+            (Kernel::Portable, _) => return Ok(None),
+            (Kernel::Avx512Bf16, _) => Panels::Bf16(with_slice(w, |w: &[half::bf16]| {
+                pack_pairs(bits(w), n, k, nr)
+            })?),
+            (_, DType::BF16) => Panels::Bf16(with_slice(w, |w: &[half::bf16]| {
+                pack_panels(bits(w), n, k, nr)
+            })?),
+            _ => Panels::F32(with_slice(w, |w: &[f32]| pack_panels(w, n, k, nr))?),
+        };
+        Ok(Some(Self {
+            n,
+            k,
+            kernel,
+            panels,
+        }))
+    }
+
+    /// The kernel the weight was packed for.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// `(n, k)`: output and input sizes.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// The weight `[n, k]` in its type, unpacked.
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        let nr = self.kernel.nr();
+        let (n, k) = (self.n, self.k);
+        Ok(match &self.panels {
+            Panels::F32(p) => {
+                Tensor::from_vec(unpack(p, n, k, nr, self.pairs()), (n, k), &Device::Cpu)?
+            }
+            Panels::Bf16(p) => {
+                let w: Vec<half::bf16> = unpack(p, n, k, nr, self.pairs())
+                    .into_iter()
+                    .map(half::bf16::from_bits)
+                    .collect();
+                Tensor::from_vec(w, (n, k), &Device::Cpu)?
+            }
+        })
+    }
+
+    fn pairs(&self) -> bool {
+        self.kernel == Kernel::Avx512Bf16
+    }
+
+    /// `x W^T` for f32 rows `x: [m, k]`; returns `[m, n]` in f32.
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.k {
+            bail!("matmul: input has {k} columns, weight has {}", self.k);
+        }
+        let out = with_slice(x, |a: &[f32]| self.product(a, m))?;
+        Ok(Tensor::from_vec(out, (m, self.n), &Device::Cpu)?)
+    }
+
+    /// `a W^T` for `m` rows of `k` floats, row-major.
+    pub fn product(&self, a: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(a.len(), m * self.k, "product: rows do not match the weight");
+        let mut out = vec![0f32; m * self.n];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `pack_for` checked that the CPU runs the kernel; `a` and `out` hold
+        // m*k and m*n floats and the panels were packed for this kernel's layout.
+        unsafe {
+            self.product_x86(a, m, &mut out)
+        };
+        out
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn product_x86(&self, a: &[f32], m: usize, out: &mut [f32]) {
+        use x86::*;
+        let (n, k) = (self.n, self.k);
+        match (&self.panels, self.kernel) {
+            (Panels::Bf16(b), Kernel::Avx512Bf16) => {
+                let kp = k.div_ceil(2);
+                let mut a16 = vec![0u16; m * 2 * kp];
+                a16.par_chunks_mut(2 * kp)
+                    .zip(a.par_chunks(k))
+                    .for_each(|(d, s)| to_bf16_row(s, d));
+                tiles(m, n, MR512, NR512, out, |r, rows, j, c, cols| {
+                    let t = Tile {
+                        a: a16.as_ptr().add(r * 2 * kp),
+                        lda: 2 * kp,
+                        b: b.as_ptr().add(j * kp * 2 * NR512),
+                        k: kp,
+                        c,
+                        ldc: n,
+                        cols,
+                    };
+                    dispatch!(rows, tile_avx512bf16, t, 12);
+                });
+            }
+            (Panels::Bf16(b), Kernel::Avx512) => avx512(a, b, m, n, k, out),
+            (Panels::F32(b), Kernel::Avx512) => avx512(a, b, m, n, k, out),
+            (Panels::Bf16(b), Kernel::Avx2) => avx2(a, b, m, n, k, out),
+            (Panels::F32(b), Kernel::Avx2) => avx2(a, b, m, n, k, out),
+            _ => unreachable!("panels packed for {}", self.kernel),
+        }
+    }
+}
+
+impl Kernel {
+    /// Output columns per packed panel.
+    fn nr(self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Self::Avx512Bf16 | Self::Avx512 => x86::NR512,
+                Self::Avx2 => x86::NR256,
+                Self::Portable => 1,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            1
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx512<E: x86::Elem>(a: &[f32], b: &[E], m: usize, n: usize, k: usize, out: &mut [f32]) {
+    use x86::*;
+    tiles(m, n, MR512, NR512, out, |r, rows, j, c, cols| {
+        let t = Tile {
+            a: a.as_ptr().add(r * k),
+            lda: k,
+            b: b.as_ptr().add(j * k * NR512),
+            k,
+            c,
+            ldc: n,
+            cols,
+        };
+        dispatch!(rows, tile_avx512::<E>, t, 12);
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx2<E: x86::Elem>(a: &[f32], b: &[E], m: usize, n: usize, k: usize, out: &mut [f32]) {
+    use x86::*;
+    tiles(m, n, MR256, NR256, out, |r, rows, j, c, cols| {
+        let t = Tile {
+            a: a.as_ptr().add(r * k),
+            lda: k,
+            b: b.as_ptr().add(j * k * NR256),
+            k,
+            c,
+            ldc: n,
+            cols,
+        };
+        dispatch!(rows, tile_avx2::<E>, t, 6);
+    });
+}
+
+/// Tiles per block side: a block of 8 row tiles by 4 panels keeps its rows and a
+/// panel in L2 while giving two threads enough blocks to share.
+const TILES_PER_BLOCK: usize = 8;
+const PANELS_PER_BLOCK: usize = 4;
+
+/// Runs `tile(first row, rows, panel, output pointer, columns)` over every tile of an
+/// `m x n` output, blocks of tiles in parallel; within a block, panel by panel so the
+/// panel stays in cache while the block's row tiles pass over it.
+fn tiles(
+    m: usize,
+    n: usize,
+    mr: usize,
+    nr: usize,
+    out: &mut [f32],
+    tile: impl Fn(usize, usize, usize, *mut f32, usize) + Sync,
+) {
+    let (mb, nb) = (mr * TILES_PER_BLOCK, PANELS_PER_BLOCK);
+    let panels = n.div_ceil(nr);
+    let (row_blocks, col_blocks) = (m.div_ceil(mb), panels.div_ceil(nb));
+    let c = OutPtr(out.as_mut_ptr());
+    (0..row_blocks * col_blocks)
+        .into_par_iter()
+        .for_each(|blk| {
+            let (rb, cb) = (blk / col_blocks, blk % col_blocks);
+            let rows = rb * mb..((rb + 1) * mb).min(m);
+            for j in cb * nb..((cb + 1) * nb).min(panels) {
+                let cols = nr.min(n - j * nr);
+                for r in rows.clone().step_by(mr) {
+                    // SAFETY: (r, j) lies inside the m x n output; tasks own disjoint blocks.
+                    let dst = unsafe { c.at(r * n + j * nr) };
+                    tile(r, mr.min(rows.end - r), j, dst, cols);
+                }
+            }
+        });
+}
+
+/// `[n, k]` row-major to panels of `nr` columns, each `[k][nr]`, zero-padded.
+fn pack_panels<E: Copy + Default + Send + Sync>(w: &[E], n: usize, k: usize, nr: usize) -> Vec<E> {
+    let mut out = vec![E::default(); n.div_ceil(nr) * nr * k];
+    out.par_chunks_mut(nr * k)
+        .enumerate()
+        .for_each(|(j, panel)| {
+            for c in 0..nr.min(n - j * nr) {
+                let row = &w[(j * nr + c) * k..][..k];
+                for (p, &x) in row.iter().enumerate() {
+                    panel[p * nr + c] = x;
+                }
+            }
+        });
+    out
+}
+
+/// `[n, k]` bf16 to panels of `nr` columns, each `[k/2][nr][2]`: a column's two
+/// inner steps side by side, as `vdpbf16ps` pairs them; zero-padded.
+fn pack_pairs(w: &[u16], n: usize, k: usize, nr: usize) -> Vec<u16> {
+    let kp = k.div_ceil(2);
+    let mut out = vec![0u16; n.div_ceil(nr) * nr * 2 * kp];
+    out.par_chunks_mut(nr * 2 * kp)
+        .enumerate()
+        .for_each(|(j, panel)| {
+            for c in 0..nr.min(n - j * nr) {
+                let row = &w[(j * nr + c) * k..][..k];
+                for (p, &x) in row.iter().enumerate() {
+                    panel[(p / 2 * nr + c) * 2 + p % 2] = x;
+                }
+            }
+        });
+    out
+}
+
+/// The inverse of [`pack_panels`] (or of [`pack_pairs`] when `pairs`).
+fn unpack<E: Copy + Default>(panels: &[E], n: usize, k: usize, nr: usize, pairs: bool) -> Vec<E> {
+    let kp = k.div_ceil(2);
+    let mut w = vec![E::default(); n * k];
+    for (i, row) in w.chunks_mut(k).enumerate() {
+        let (j, c) = (i / nr, i % nr);
+        for (p, x) in row.iter_mut().enumerate() {
+            *x = if pairs {
+                panels[j * nr * 2 * kp + (p / 2 * nr + c) * 2 + p % 2]
+            } else {
+                panels[j * nr * k + p * nr + c]
+            };
+        }
+    }
+    w
+}
+
+fn bits(w: &[half::bf16]) -> &[u16] {
+    // SAFETY: bf16 is a transparent wrapper of u16.
+    unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u16, w.len()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1) with a few large ones, as activations have.
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let x = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+                if i % 97 == 3 {
+                    x * 300.0
+                } else {
+                    x
+                }
+            })
+            .collect()
+    }
+
+    /// The plain triple loop, in f64.
+    fn reference(a: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+        let mut out = vec![0f64; m * n];
+        let mut mag = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let t = a[i * k + p] as f64 * w[j * k + p] as f64;
+                    out[i * n + j] += t;
+                    mag[i * n + j] += t.abs();
+                }
+            }
+        }
+        (out, mag)
+    }
+
+    fn round_bf16(x: &[f32]) -> Vec<f32> {
+        x.iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect()
+    }
+
+    /// Shapes with 1 row, odd sizes, sizes off the tile and panel sizes (12/6 rows,
+    /// 32/16 columns), and blocks of several tiles.
+    const SHAPES: [(usize, usize, usize); 9] = [
+        (1, 1, 1),
+        (1, 33, 7),
+        (2, 16, 2),
+        (5, 31, 17),
+        (12, 32, 64),
+        (13, 65, 3),
+        (97, 100, 33),
+        (25, 130, 576),
+        (200, 160, 9),
+    ];
+
+    fn check(kernel: Kernel, dtype: DType) {
+        for (m, n, k) in SHAPES {
+            let a = values(m * k, (m * 31 + k) as u64);
+            let w = values(n * k, (n * 17 + k) as u64 + 5);
+            let wt = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let x = Tensor::from_vec(a.clone(), (m, k), &Device::Cpu).unwrap();
+            let got = match PackedMatrix::pack_for(&wt, kernel).unwrap() {
+                Some(p) => {
+                    assert_eq!(
+                        p.to_tensor()
+                            .unwrap()
+                            .to_dtype(DType::F32)
+                            .unwrap()
+                            .to_vec2::<f32>()
+                            .unwrap(),
+                        wt.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap(),
+                        "unpacked weight"
+                    );
+                    p.matmul_t(&x).unwrap()
+                }
+                None => super::super::matmul_t(&x, &wt).unwrap(),
+            };
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let w = wt
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            // The bf16 kernel rounds activations to bf16; so does the reference for it.
+            let a = if kernel == Kernel::Avx512Bf16 {
+                round_bf16(&a)
+            } else {
+                a
+            };
+            let (want, mag) = reference(&a, &w, m, n, k);
+            for (i, ((&g, &r), &s)) in got.iter().zip(&want).zip(&mag).enumerate() {
+                // f32 sums of k terms: error within a few k * eps of the sum of magnitudes.
+                let tol = 4.0 * k as f64 * f32::EPSILON as f64 * s + 1e-30;
+                assert!(
+                    (g as f64 - r).abs() <= tol,
+                    "{kernel} {dtype:?} {m}x{n}x{k}: element {i} is {g}, reference {r}"
+                );
+            }
+        }
+    }
+
+    fn check_or_skip(kernel: Kernel, dtype: DType) {
+        if kernel.available() {
+            check(kernel, dtype);
+        } else {
+            println!(
+                "skipped: kernel {kernel} needs {}, which this CPU lacks",
+                kernel.needs()
+            );
+        }
+    }
+
+    #[test]
+    fn avx512_bf16_matches_reference() {
+        check_or_skip(Kernel::Avx512Bf16, DType::BF16);
+    }
+
+    #[test]
+    fn avx512_matches_reference() {
+        check_or_skip(Kernel::Avx512, DType::F32);
+        check_or_skip(Kernel::Avx512, DType::BF16);
+    }
+
+    #[test]
+    fn avx2_matches_reference() {
+        check_or_skip(Kernel::Avx2, DType::F32);
+        check_or_skip(Kernel::Avx2, DType::BF16);
+    }
+
+    #[test]
+    fn portable_matches_reference() {
+        check(Kernel::Portable, DType::F32);
+        check(Kernel::Portable, DType::BF16);
+        check(Kernel::Portable, DType::F16);
+    }
+
+    #[test]
+    fn detect_reads_the_weight_type() {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let k = Kernel::detect(dtype).unwrap();
+            assert!(k.available() && k.reads(dtype), "{k} for {dtype:?}");
+        }
+    }
+}
