@@ -201,12 +201,13 @@ pub fn run(
             let long = memory::LongBatch {
                 config: &model.config,
                 dtype: model.dtype(),
+                device: model.device(),
                 plan: &plan,
                 input: order[start] + 1,
                 tokens: lens[start],
                 attention,
             };
-            memory::check_long_batch(&long, &memory::host_available()?)?;
+            memory::check_long_batch(&long, &memory::available_on(model.device())?)?;
         }
         let rows: Vec<(usize, Vec<u32>)> = order[start..end]
             .iter()

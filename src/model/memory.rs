@@ -38,8 +38,7 @@
 //! There is no switch to skip the check: `HARNESS_MEMORY_LIMIT` can only lower the
 //! figure, and a run the estimate refuses is brought under it by a smaller token
 //! budget, a narrower `--dtype` or fewer texts, each of which the error names. On a
-//! GPU the engine compares the estimate with the driver's free memory through
-//! [`gpu_available`] and [`check_fits`].
+//! GPU the estimate is compared with the driver's free memory ([`gpu_available`]).
 
 use std::fmt;
 
@@ -308,8 +307,8 @@ pub fn check_fits(
     )
 }
 
-/// Free memory on a GPU as the memory check sees it: the CUDA engine reports
-/// `free_bytes` (from the driver) for device `ordinal`, and [`check_fits`] compares.
+/// Free memory on a GPU as the memory check sees it: `free_bytes` (from the driver)
+/// on device `ordinal`, which [`check_fits`] compares with the estimate.
 pub fn gpu_available(ordinal: usize, free_bytes: u64) -> Available {
     Available {
         bytes: free_bytes,
@@ -418,6 +417,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
 pub struct LongBatch<'a> {
     pub config: &'a ModelConfig,
     pub dtype: Dtype,
+    pub device: DeviceSpec,
     pub plan: &'a BatchPlan,
     pub input: usize,
     pub tokens: usize,
@@ -434,15 +434,7 @@ pub fn check_long_batch(long: &LongBatch, available: &Available) -> Result<()> {
         attention: long.attention,
         ..Workload::pass(*plan)
     };
-    let need = batch_bytes(
-        long.config,
-        long.dtype,
-        DeviceSpec::Cpu,
-        &work,
-        tokens,
-        tokens,
-    )
-    .bytes;
+    let need = batch_bytes(long.config, long.dtype, long.device, &work, tokens, tokens).bytes;
     if need <= available.bytes {
         return Ok(());
     }
@@ -500,12 +492,35 @@ pub fn check_source(
         return Ok(());
     };
     let estimate = footprint.estimate(dtype, device, work);
+    check_fits(&source.name, dtype, &estimate, &available_on(device)?)
+}
+
+/// The memory a run on `device` may use now: the host's, or the GPU's free memory.
+pub fn available_on(device: DeviceSpec) -> Result<Available> {
     match device {
-        // The GPU engine checks its own memory against gpu_available; the host
-        // still holds the kept outputs.
-        DeviceSpec::Cuda(_) => Ok(()),
-        DeviceSpec::Cpu => check_fits(&source.name, dtype, &estimate, &host_available()?),
+        DeviceSpec::Cuda(n) => Ok(gpu_available(n, gpu_free_bytes(device)?)),
+        DeviceSpec::Cpu => host_available(),
     }
+}
+
+/// The free memory of a CUDA device, as its driver reports it.
+#[cfg(feature = "cuda")]
+fn gpu_free_bytes(spec: DeviceSpec) -> Result<u64> {
+    let device = spec.open()?;
+    let (free, _total) = device
+        .as_cuda_device()?
+        .cuda_stream()
+        .context()
+        .mem_get_info()
+        .map_err(|e| anyhow::anyhow!("--device {spec}: cannot read the GPU's free memory: {e}"))?;
+    Ok(free as u64)
+}
+
+/// Without the `cuda` feature there is no GPU to ask; opening it says why.
+#[cfg(not(feature = "cuda"))]
+fn gpu_free_bytes(device: DeviceSpec) -> Result<u64> {
+    device.open()?;
+    bail!("--device {device}: this build has no GPU engine")
 }
 
 #[cfg(test)]
@@ -675,6 +690,7 @@ mod tests {
         let long = |tokens| LongBatch {
             config: &config,
             dtype: Dtype::F32,
+            device: DeviceSpec::Cpu,
             plan: &plan,
             input: 7,
             tokens,
