@@ -2,7 +2,7 @@
 //! chosen kernel reads.
 //!
 //! The kernel is chosen at run time from the CPU's features ([`Kernel::detect`]):
-//! AVX512_BF16 `vdpbf16ps` for bf16 weights (activations rounded to bf16 per product,
+//! AMX tiles (`tdpbf16ps`) or else AVX512_BF16 `vdpbf16ps` for bf16 weights (activations rounded to bf16 per product,
 //! as transformers holds them, sums in f32), AVX-512 or AVX2 + FMA in f32 (bf16
 //! weights stay bf16 in memory and are widened in registers), and otherwise no
 //! packing: [`super::matmul_t`] (`matrixmultiply`). `HARNESS_GEMM` forces one by
@@ -24,6 +24,8 @@ use rayon::prelude::*;
 /// A matrix-product kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
+    /// AMX-BF16 tile products on bf16 weights and activations.
+    Amx,
     /// AVX512_BF16 dot products on bf16 weights and activations.
     Avx512Bf16,
     /// AVX-512F, f32 arithmetic.
@@ -36,11 +38,18 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, fastest first.
-    pub const ALL: [Kernel; 4] = [Self::Avx512Bf16, Self::Avx512, Self::Avx2, Self::Portable];
+    pub const ALL: [Kernel; 5] = [
+        Self::Amx,
+        Self::Avx512Bf16,
+        Self::Avx512,
+        Self::Avx2,
+        Self::Portable,
+    ];
 
     /// The name `HARNESS_GEMM` takes and `harness inspect` prints.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Amx => "amx",
             Self::Avx512Bf16 => "avx512-bf16",
             Self::Avx512 => "avx512",
             Self::Avx2 => "avx2",
@@ -51,6 +60,7 @@ impl Kernel {
     /// The CPU features the kernel needs, as named in `/proc/cpuinfo`.
     pub fn needs(self) -> &'static str {
         match self {
+            Self::Amx => "amx_tile amx_bf16 (and Linux's grant of the tile state)",
             Self::Avx512Bf16 => "avx512f avx512_bf16",
             Self::Avx512 => "avx512f",
             Self::Avx2 => "avx2 fma",
@@ -63,6 +73,7 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             match self {
+                Self::Amx => x86::amx_ready(),
                 Self::Avx512Bf16 => {
                     is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
                 }
@@ -80,7 +91,7 @@ impl Kernel {
     /// Whether the kernel reads weights of `dtype` (f16 goes through the portable one).
     pub fn reads(self, dtype: DType) -> bool {
         match self {
-            Self::Avx512Bf16 => dtype == DType::BF16,
+            Self::Amx | Self::Avx512Bf16 => dtype == DType::BF16,
             Self::Avx512 | Self::Avx2 => matches!(dtype, DType::F32 | DType::BF16),
             Self::Portable => true,
         }
@@ -92,7 +103,9 @@ impl Kernel {
         match std::env::var("HARNESS_GEMM") {
             Ok(name) => {
                 let Some(k) = Self::ALL.into_iter().find(|k| k.name() == name) else {
-                    bail!("HARNESS_GEMM={name}: expected avx512-bf16, avx512, avx2 or portable");
+                    bail!(
+                        "HARNESS_GEMM={name}: expected amx, avx512-bf16, avx512, avx2 or portable"
+                    );
                 };
                 if !k.available() {
                     bail!("HARNESS_GEMM={name}: this CPU lacks {}", k.needs());
@@ -204,9 +217,12 @@ impl PackedMatrix {
         let nr = kernel.nr();
         let panels = match (kernel, w.dtype()) {
             (Kernel::Portable, _) => return Ok(None),
-            (Kernel::Avx512Bf16, _) => Panels::Bf16(with_slice(w, |w: &[half::bf16]| {
-                pack_pairs(bits(w), n, k, nr)
-            })?),
+            (Kernel::Amx | Kernel::Avx512Bf16, _) => {
+                let kp = kernel.pairs(k).expect("a pair kernel");
+                Panels::Bf16(with_slice(w, |w: &[half::bf16]| {
+                    pack_pairs(bits(w), n, k, kp, nr)
+                })?)
+            }
             (_, DType::BF16) => Panels::Bf16(with_slice(w, |w: &[half::bf16]| {
                 pack_panels(bits(w), n, k, nr)
             })?),
@@ -235,11 +251,13 @@ impl PackedMatrix {
         let nr = self.kernel.nr();
         let (n, k) = (self.n, self.k);
         Ok(match &self.panels {
-            Panels::F32(p) => {
-                Tensor::from_vec(unpack(p, n, k, nr, self.pairs()), (n, k), &Device::Cpu)?
-            }
+            Panels::F32(p) => Tensor::from_vec(
+                unpack(p, n, k, nr, self.kernel.pairs(k)),
+                (n, k),
+                &Device::Cpu,
+            )?,
             Panels::Bf16(p) => {
-                let w: Vec<half::bf16> = unpack(p, n, k, nr, self.pairs())
+                let w: Vec<half::bf16> = unpack(p, n, k, nr, self.kernel.pairs(k))
                     .into_iter()
                     .map(half::bf16::from_bits)
                     .collect();
@@ -248,44 +266,52 @@ impl PackedMatrix {
         })
     }
 
-    fn pairs(&self) -> bool {
-        self.kernel == Kernel::Avx512Bf16
-    }
-
     /// `x W^T` for f32 rows `x: [m, k]`; returns `[m, n]` in f32.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        self.matmul_t_then(x, |_| {})
+    }
+
+    /// [`PackedMatrix::matmul_t`], with `finish` applied to the output buffer in
+    /// place (a bias, a rounding) before it becomes a tensor, saving a pass and a copy.
+    pub fn matmul_t_then(&self, x: &Tensor, finish: impl FnOnce(&mut [f32])) -> Result<Tensor> {
         let (m, k) = x.dims2()?;
         if k != self.k {
             bail!("matmul: input has {k} columns, weight has {}", self.k);
         }
-        let out = with_slice(x, |a: &[f32]| self.product(a, m))?;
+        let mut out = with_slice(x, |a: &[f32]| self.product(a, m))?;
+        finish(&mut out);
         Ok(Tensor::from_vec(out, (m, self.n), &Device::Cpu)?)
     }
 
     /// `a W^T` for `m` rows of `k` floats, row-major.
     pub fn product(&self, a: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(a.len(), m * self.k, "product: rows do not match the weight");
-        let mut out = vec![0f32; m * self.n];
+        let len = m * self.n;
+        // Not zeroed first: the tiles cover the output, and zeroing it cost a few
+        // percent of a run (perf).
+        let mut out: Vec<f32> = Vec::with_capacity(len);
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `pack_for` checked that the CPU runs the kernel; `a` and `out` hold
-        // m*k and m*n floats and the panels were packed for this kernel's layout.
+        // SAFETY: `pack_for` checked that the CPU runs the kernel; `a` holds m*k floats,
+        // `out` room for m*n, every one of which the tiles write before `set_len`; the
+        // panels were packed for this kernel's layout.
         unsafe {
-            self.product_x86(a, m, &mut out)
-        };
+            self.product_x86(a, m, OutPtr(out.as_mut_ptr()));
+            out.set_len(len);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("weights are packed only on x86-64");
         out
     }
 
     #[cfg(target_arch = "x86_64")]
-    unsafe fn product_x86(&self, a: &[f32], m: usize, out: &mut [f32]) {
+    unsafe fn product_x86(&self, a: &[f32], m: usize, out: OutPtr) {
         use x86::*;
         let (n, k) = (self.n, self.k);
         match (&self.panels, self.kernel) {
+            (Panels::Bf16(b), Kernel::Amx) => amx(a, b, m, n, k, out),
             (Panels::Bf16(b), Kernel::Avx512Bf16) => {
                 let kp = k.div_ceil(2);
-                let mut a16 = vec![0u16; m * 2 * kp];
-                a16.par_chunks_mut(2 * kp)
-                    .zip(a.par_chunks(k))
-                    .for_each(|(d, s)| to_bf16_row(s, d));
+                let a16 = bf16_rows(a, m, k, kp, m);
                 tiles(m, n, MR512, NR512, out, |r, rows, j, c, cols| {
                     let t = Tile {
                         a: a16.as_ptr().add(r * 2 * kp),
@@ -314,7 +340,7 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             match self {
-                Self::Avx512Bf16 | Self::Avx512 => x86::NR512,
+                Self::Amx | Self::Avx512Bf16 | Self::Avx512 => x86::NR512,
                 Self::Avx2 => x86::NR256,
                 Self::Portable => 1,
             }
@@ -324,10 +350,76 @@ impl Kernel {
             1
         }
     }
+
+    /// For the kernels that read bf16 pairs, the pairs each panel row holds for an
+    /// inner size `k`: AMX consumes them 16 at a time, so its panels are zero-padded.
+    fn pairs(self, k: usize) -> Option<usize> {
+        match self {
+            Self::Avx512Bf16 => Some(k.div_ceil(2)),
+            #[cfg(target_arch = "x86_64")]
+            Self::Amx => Some(k.div_ceil(2 * x86::AMX_PAIRS) * x86::AMX_PAIRS),
+            _ => None,
+        }
+    }
+}
+
+/// Rounds f32 values to bf16 in place (nearest, ties to even, as `half` does), on
+/// this thread; with AVX512_BF16, sixteen at a time.
+pub fn round_bf16(values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::Avx512Bf16.available() {
+        // SAFETY: the CPU has AVX-512F and AVX512_BF16.
+        return unsafe { x86::round_bf16(values) };
+    }
+    for x in values {
+        *x = half::bf16::from_f32(*x).to_f32();
+    }
+}
+
+/// `m` f32 rows of `k` as bf16 rows of `2 * kp` (zero-padded), plus zero rows up to
+/// `rows`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn bf16_rows(a: &[f32], m: usize, k: usize, kp: usize, rows: usize) -> Vec<u16> {
+    let mut a16 = vec![0u16; rows * 2 * kp];
+    a16[..m * 2 * kp]
+        .par_chunks_mut(2 * kp)
+        .zip(a.par_chunks(k))
+        .for_each(|(d, s)| x86::to_bf16_row(s, d));
+    a16
+}
+
+/// AMX product: blocks of 64 rows by 4 panels in parallel, each thread loading the
+/// tile configuration once per block.
+#[cfg(target_arch = "x86_64")]
+unsafe fn amx(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, c: OutPtr) {
+    use x86::*;
+    let kp = Kernel::Amx.pairs(k).expect("AMX reads pairs");
+    let lda = 2 * kp;
+    let a16 = bf16_rows(a, m, k, kp, m.next_multiple_of(2 * AMX_ROWS));
+    let (mb, nb) = (4 * AMX_ROWS, 2 * PANELS_PER_BLOCK);
+    let panels = n.div_ceil(NR512);
+    let (row_blocks, col_blocks) = (m.div_ceil(mb), panels.div_ceil(nb));
+    (0..row_blocks * col_blocks)
+        .into_par_iter()
+        .for_each(|blk| {
+            let (rb, cb) = (blk / col_blocks, blk % col_blocks);
+            let rows = rb * mb..((rb + 1) * mb).min(m);
+            amx_configure();
+            // Row strips outside: a strip of 32 rows stays in L1 while panels pass.
+            for r in rows.clone().step_by(2 * AMX_ROWS) {
+                let live = (2 * AMX_ROWS).min(m - r);
+                for j in cb * nb..((cb + 1) * nb).min(panels) {
+                    let cols = NR512.min(n - j * NR512);
+                    let (src, panel) = (a16.as_ptr().add(r * lda), b.as_ptr().add(j * kp * 64));
+                    amx_block32(src, lda, panel, kp, c.at(r * n + j * NR512), n, live, cols);
+                }
+            }
+            amx_release();
+        });
 }
 
 #[cfg(target_arch = "x86_64")]
-unsafe fn avx512<E: x86::Elem>(a: &[f32], b: &[E], m: usize, n: usize, k: usize, out: &mut [f32]) {
+unsafe fn avx512<E: x86::Elem>(a: &[f32], b: &[E], m: usize, n: usize, k: usize, out: OutPtr) {
     use x86::*;
     tiles(m, n, MR512, NR512, out, |r, rows, j, c, cols| {
         let t = Tile {
@@ -344,7 +436,7 @@ unsafe fn avx512<E: x86::Elem>(a: &[f32], b: &[E], m: usize, n: usize, k: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
-unsafe fn avx2<E: x86::Elem>(a: &[f32], b: &[E], m: usize, n: usize, k: usize, out: &mut [f32]) {
+unsafe fn avx2<E: x86::Elem>(a: &[f32], b: &[E], m: usize, n: usize, k: usize, out: OutPtr) {
     use x86::*;
     tiles(m, n, MR256, NR256, out, |r, rows, j, c, cols| {
         let t = Tile {
@@ -373,13 +465,12 @@ fn tiles(
     n: usize,
     mr: usize,
     nr: usize,
-    out: &mut [f32],
+    c: OutPtr,
     tile: impl Fn(usize, usize, usize, *mut f32, usize) + Sync,
 ) {
     let (mb, nb) = (mr * TILES_PER_BLOCK, PANELS_PER_BLOCK);
     let panels = n.div_ceil(nr);
     let (row_blocks, col_blocks) = (m.div_ceil(mb), panels.div_ceil(nb));
-    let c = OutPtr(out.as_mut_ptr());
     (0..row_blocks * col_blocks)
         .into_par_iter()
         .for_each(|blk| {
@@ -412,10 +503,9 @@ fn pack_panels<E: Copy + Default + Send + Sync>(w: &[E], n: usize, k: usize, nr:
     out
 }
 
-/// `[n, k]` bf16 to panels of `nr` columns, each `[k/2][nr][2]`: a column's two
+/// `[n, k]` bf16 to panels of `nr` columns, each `[kp][nr][2]` (`kp >= k/2` pairs): a column's two
 /// inner steps side by side, as `vdpbf16ps` pairs them; zero-padded.
-fn pack_pairs(w: &[u16], n: usize, k: usize, nr: usize) -> Vec<u16> {
-    let kp = k.div_ceil(2);
+fn pack_pairs(w: &[u16], n: usize, k: usize, kp: usize, nr: usize) -> Vec<u16> {
     let mut out = vec![0u16; n.div_ceil(nr) * nr * 2 * kp];
     out.par_chunks_mut(nr * 2 * kp)
         .enumerate()
@@ -430,14 +520,19 @@ fn pack_pairs(w: &[u16], n: usize, k: usize, nr: usize) -> Vec<u16> {
     out
 }
 
-/// The inverse of [`pack_panels`] (or of [`pack_pairs`] when `pairs`).
-fn unpack<E: Copy + Default>(panels: &[E], n: usize, k: usize, nr: usize, pairs: bool) -> Vec<E> {
-    let kp = k.div_ceil(2);
+/// The inverse of [`pack_panels`] (or of [`pack_pairs`] when `pairs` holds its `kp`).
+fn unpack<E: Copy + Default>(
+    panels: &[E],
+    n: usize,
+    k: usize,
+    nr: usize,
+    pairs: Option<usize>,
+) -> Vec<E> {
     let mut w = vec![E::default(); n * k];
     for (i, row) in w.chunks_mut(k).enumerate() {
         let (j, c) = (i / nr, i % nr);
         for (p, x) in row.iter_mut().enumerate() {
-            *x = if pairs {
+            *x = if let Some(kp) = pairs {
                 panels[j * nr * 2 * kp + (p / 2 * nr + c) * 2 + p % 2]
             } else {
                 panels[j * nr * k + p * nr + c]
@@ -544,7 +639,7 @@ mod tests {
                 .to_vec1::<f32>()
                 .unwrap();
             // The bf16 kernel rounds activations to bf16; so does the reference for it.
-            let a = if kernel == Kernel::Avx512Bf16 {
+            let a = if kernel.pairs(k).is_some() {
                 round_bf16(&a)
             } else {
                 a
@@ -570,6 +665,11 @@ mod tests {
                 kernel.needs()
             );
         }
+    }
+
+    #[test]
+    fn amx_matches_reference() {
+        check_or_skip(Kernel::Amx, DType::BF16);
     }
 
     #[test]

@@ -186,3 +186,174 @@ pub unsafe fn to_bf16_row(src: &[f32], dst: &mut [u16]) {
         *d = 0;
     }
 }
+
+/// Rounds f32 values to bf16 and back in place (nearest, ties to even).
+///
+/// # Safety
+/// AVX-512F and AVX512_BF16 present.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn round_bf16(v: &mut [f32]) {
+    let full = v.len() / 16 * 16;
+    for i in (0..full).step_by(16) {
+        let p = v.as_mut_ptr().add(i);
+        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(p)));
+        let w = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h));
+        _mm512_storeu_ps(p, _mm512_castsi512_ps(w));
+    }
+    for x in &mut v[full..] {
+        *x = half::bf16::from_f32(*x).to_f32();
+    }
+}
+
+/// Rows of an AMX tile, and the f32 columns of one: 16 x 16 sums per product.
+pub const AMX_ROWS: usize = 16;
+/// bf16 pairs of the inner dimension one AMX product consumes (32 inner steps).
+pub const AMX_PAIRS: usize = 16;
+
+/// Whether AMX tiles can be used here: the CPU has AMX-TILE and AMX-BF16 and Linux
+/// granted this process the tile state, which it leaves off until asked
+/// (`ARCH_REQ_XCOMP_PERM`); a tile instruction without that grant is SIGILL. Asked once.
+pub fn amx_ready() -> bool {
+    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *READY.get_or_init(|| {
+        // CPUID leaf 7 exists on every x86-64 CPU recent enough to matter here.
+        let leaf7 = __cpuid_count(7, 0);
+        let (bf16, tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
+        bf16 && tile && request_tile_state()
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn request_tile_state() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with these arguments only changes this process's permission.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_state() -> bool {
+    false
+}
+
+/// The tile configuration every AMX block loads: palette 1, eight tiles of 16 rows of
+/// 64 bytes (16 f32 sums, or 32 bf16 = 16 pairs).
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+const TILE_CONFIG: TileConfig = {
+    let mut c = [0u8; 64];
+    c[0] = 1;
+    let mut t = 0;
+    while t < 8 {
+        c[16 + 2 * t] = 64;
+        c[48 + t] = AMX_ROWS as u8;
+        t += 1;
+    }
+    TileConfig(c)
+};
+
+/// Loads the tile configuration on this thread; pair with [`amx_release`].
+///
+/// # Safety
+/// [`amx_ready`] returned true.
+pub unsafe fn amx_configure() {
+    std::arch::asm!("ldtilecfg [{}]", in(reg) TILE_CONFIG.0.as_ptr(), options(nostack));
+}
+
+/// Returns this thread's tiles to the init state, so the OS need not save them.
+///
+/// # Safety
+/// [`amx_ready`] returned true.
+pub unsafe fn amx_release() {
+    std::arch::asm!("tilerelease", options(nostack, nomem));
+}
+
+/// One 32 x 32 block of `x W^T` on AMX: tiles 0-3 hold the four 16 x 16 sums, 4-5 two
+/// 16-row strips of `a`, 6-7 the panel's two 16-column halves, and each step of 16
+/// pairs is four `tdpbf16ps`. `a` holds 32 bf16 rows of `2 * kp` (zero rows past the
+/// matrix, zero pairs past `k`); the panel is `[kp][32][2]` as for `vdpbf16ps`. Only
+/// `rows x cols` of the output are written, through `scratch` when the block is partial.
+///
+/// # Safety
+/// [`amx_configure`] ran on this thread; `kp` is a multiple of [`AMX_PAIRS`]; `a` has 32
+/// rows of `lda >= 2 * kp` bf16; `b` has `kp * 64` bf16; `c` has `rows <= 32` rows
+/// `ldc` apart of `cols <= 32` floats.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn amx_block32(
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    kp: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    use std::arch::asm;
+    let (sa, sb) = (lda * 2, NR512 * 4);
+    let a1 = a.add(AMX_ROWS * lda);
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
+    // Loads interleaved with products, so each load overlaps the product before it.
+    for s in 0..kp / AMX_PAIRS {
+        let b0 = b.add(s * AMX_PAIRS * NR512 * 2);
+        asm!(
+            "tileloadd tmm4, [{a0} + {sa}*1]",
+            "tileloadd tmm6, [{b0} + {sb}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {sb}*1]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {sa}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a0 = in(reg) a.add(s * 2 * AMX_PAIRS),
+            a1 = in(reg) a1.add(s * 2 * AMX_PAIRS),
+            b0 = in(reg) b0,
+            b1 = in(reg) b0.add(2 * AMX_ROWS),
+            sa = in(reg) sa,
+            sb = in(reg) sb,
+            options(nostack, readonly),
+        );
+    }
+    if rows == 2 * AMX_ROWS && cols == NR512 {
+        store_tiles(c, ldc);
+    } else {
+        let mut scratch = [0f32; 2 * AMX_ROWS * NR512];
+        store_tiles(scratch.as_mut_ptr(), NR512);
+        for r in 0..rows {
+            std::ptr::copy_nonoverlapping(scratch.as_ptr().add(r * NR512), c.add(r * ldc), cols);
+        }
+    }
+}
+
+/// Stores tiles 0-3 as a 32 x 32 block of f32 rows `ld` apart.
+///
+/// # Safety
+/// Tiles are configured; `c` has 32 rows `ld` apart of 32 floats.
+#[inline(always)]
+unsafe fn store_tiles(c: *mut f32, ld: usize) {
+    std::arch::asm!(
+        "tilestored [{c00} + {s}*1], tmm0",
+        "tilestored [{c01} + {s}*1], tmm1",
+        "tilestored [{c10} + {s}*1], tmm2",
+        "tilestored [{c11} + {s}*1], tmm3",
+        c00 = in(reg) c,
+        c01 = in(reg) c.add(AMX_ROWS),
+        c10 = in(reg) c.add(AMX_ROWS * ld),
+        c11 = in(reg) c.add(AMX_ROWS * ld + AMX_ROWS),
+        s = in(reg) ld * 4,
+        options(nostack),
+    );
+}
