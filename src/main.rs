@@ -156,7 +156,8 @@ struct RunArgs {
     /// Most sequences per batch [default: 64]. --max-batch-tokens applies too.
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Most padded tokens per batch (rows x longest row) [default: 4096]; texts are
+    /// Most padded tokens per batch (rows x longest row) [default: 1024 on the CPU,
+    /// 4096 on a GPU]; texts are
     /// sorted by length, so short ones fill a batch. A text longer than this runs
     /// alone. Sets memory and speed, never results.
     #[arg(long, value_name = "N")]
@@ -175,7 +176,7 @@ struct RunArgs {
 
 impl RunArgs {
     fn plan(&self) -> BatchPlan {
-        BatchPlan::new(self.batch_size, self.max_batch_tokens)
+        BatchPlan::on(self.device, self.batch_size, self.max_batch_tokens)
     }
 
     fn engine(&self) -> Engine {
@@ -197,6 +198,7 @@ fn main() -> ExitCode {
     // candle attaches a backtrace to its errors when RUST_BACKTRACE is set; errors
     // here are one line for the user, so only panics keep their backtraces.
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    harness::model::memory::keep_freed_memory();
     let cli = Cli::parse();
     harness::hub::set_quiet(cli.quiet);
     match run(cli) {

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use super::dtype::Dtype;
 use super::kernels::gemm::PackedMatrix;
+use super::kernels::with_slice;
 use super::{kernels, tensor_ops};
 
 /// Which code computes the forward pass: the fused CPU kernels, or candle's tensor
@@ -99,12 +101,46 @@ impl Norm {
     /// Normalises over the last dimension, rounding the result to `dtype` where
     /// the reference does.
     pub fn forward_in(&self, x: &Tensor, dtype: Dtype) -> Result<Tensor> {
+        if dtype != Dtype::F32 && self.bias.is_none() && x.device().is_cpu() {
+            return self.rms_rounded(x, dtype);
+        }
         if self.weight_in_activation_type && dtype != Dtype::F32 {
             let unit = Tensor::ones_like(&self.weight)?;
             let normed = dtype.round(&candle_nn::ops::rms_norm(x, &unit, self.eps)?)?;
             return dtype.round(&normed.broadcast_mul(&self.weight)?);
         }
         dtype.round(&self.forward(x)?)
+    }
+
+    /// RMSNorm rounded to `dtype` on the CPU, one pass per row: the same arithmetic,
+    /// bit for bit, as candle's `rms_norm` and the roundings around it in
+    /// [`Norm::forward_in`], without their four intermediate tensors (a bf16 run spent
+    /// a tenth of its time in them; perf, docs/benchmarks.md).
+    fn rms_rounded(&self, x: &Tensor, dtype: Dtype) -> Result<Tensor> {
+        let w = self.weight.to_vec1::<f32>()?;
+        let (dim, eps, twice) = (w.len(), self.eps, self.weight_in_activation_type);
+        let out = with_slice(x, |x: &[f32]| {
+            let mut out = vec![0f32; x.len()];
+            out.par_chunks_mut(dim)
+                .zip(x.par_chunks(dim))
+                .for_each(|(o, x)| {
+                    let m = (x.iter().map(|v| v * v).sum::<f32>() / dim as f32 + eps).sqrt();
+                    if twice {
+                        // Llama: normalised (weight 1), rounded, then weighted.
+                        o.iter_mut().zip(x).for_each(|(o, x)| *o = x / m * 1.0);
+                        dtype.round_row(o);
+                        o.iter_mut().zip(&w).for_each(|(o, w)| *o *= w);
+                    } else {
+                        o.iter_mut()
+                            .zip(x)
+                            .zip(&w)
+                            .for_each(|((o, x), w)| *o = x / m * w);
+                    }
+                    dtype.round_row(o);
+                });
+            out
+        })?;
+        Ok(Tensor::from_vec(out, x.shape(), x.device())?)
     }
 
     /// Normalises over the last dimension, in f32.
@@ -229,7 +265,19 @@ impl Linear {
     /// type, as a product in that type (accumulated in f32) would be.
     pub fn forward(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
         let (y, dtype) = match (&self.weight, ops) {
-            (Weight::Packed(p, dtype), Ops::Fused) => (p.matmul_t(x)?, *dtype),
+            // The packed product's buffer is ours: bias and rounding go in place.
+            (Weight::Packed(p, dtype), Ops::Fused) => {
+                let dtype = Dtype::from_candle(*dtype)?;
+                let bias = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
+                return p.matmul_t_then(x, |y| {
+                    if let Some(b) = &bias {
+                        for row in y.chunks_mut(b.len()) {
+                            row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+                        }
+                    }
+                    dtype.round_in_place(y);
+                });
+            }
             (Weight::Dense(w), ops) => (ops.matmul_t(x, w)?, w.dtype()),
             // Only the tests run the tensor ops on the CPU, where weights are packed:
             // they read the weight unpacked again.

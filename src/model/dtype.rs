@@ -2,11 +2,20 @@
 //! (`--dtype`), and the device it runs on (`--device`).
 
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Result};
 use candle_core::{DType, Device, DeviceLocation, Tensor};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use super::kernels::gemm::round_bf16;
+use super::kernels::with_slice;
+
+/// Values per parallel task when rounding a buffer: 16 KiB, so a chunk copied is
+/// still in L1 when it is rounded.
+const ROUND_CHUNK: usize = 1 << 12;
 
 /// The precision of a run. The CPU kernels always compute in f32; in bf16 and f16
 /// the big matrices are stored in that type and activations are rounded to it
@@ -45,8 +54,56 @@ impl Dtype {
     pub fn round(self, t: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Dtype::F32 => t.clone(),
+            // On the CPU, one parallel pass into one new buffer: candle's two
+            // conversions allocate twice and run on one thread, which was a quarter of
+            // a bf16 run's time (perf, SmolLM2 embed, docs/benchmarks.md).
+            d if t.device().is_cpu() && t.dtype() == DType::F32 => {
+                let v = with_slice(t, |x: &[f32]| d.rounded(x))?;
+                Tensor::from_vec(v, t.shape(), &Device::Cpu)?
+            }
             d => t.to_dtype(d.candle())?.to_dtype(DType::F32)?,
         })
+    }
+
+    /// `values` rounded to this type, into a new buffer, in parallel chunks that are
+    /// copied and rounded while in cache.
+    pub fn rounded(self, values: &[f32]) -> Vec<f32> {
+        let mut out: Vec<f32> = Vec::with_capacity(values.len());
+        out.spare_capacity_mut()
+            .par_chunks_mut(ROUND_CHUNK)
+            .zip(values.par_chunks(ROUND_CHUNK))
+            .for_each(|(dst, src)| {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    d.write(*s);
+                }
+                // SAFETY: every element of `dst` was written just above.
+                let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                self.round_row(dst);
+            });
+        // SAFETY: the chunks covered all `values.len()` elements.
+        unsafe { out.set_len(values.len()) };
+        out
+    }
+
+    /// Rounds f32 values to this type in place, in parallel chunks.
+    pub fn round_in_place(self, values: &mut [f32]) {
+        if self != Dtype::F32 {
+            values
+                .par_chunks_mut(ROUND_CHUNK)
+                .for_each(|c| self.round_row(c));
+        }
+    }
+
+    /// Rounds f32 values to this type in place, on this thread: nearest, ties to
+    /// even, exactly as candle's (`half`'s) conversions.
+    pub fn round_row(self, values: &mut [f32]) {
+        match self {
+            Dtype::F32 => {}
+            Dtype::Bf16 => round_bf16(values),
+            Dtype::F16 => values
+                .iter_mut()
+                .for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
+        }
     }
 
     /// A scalar rounded to this type, as the reference rounds constants it multiplies by.

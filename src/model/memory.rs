@@ -523,6 +523,20 @@ fn gpu_free_bytes(device: DeviceSpec) -> Result<u64> {
     bail!("--device {device}: this build has no GPU engine")
 }
 
+/// Makes the allocator keep freed memory for the next batch instead of returning it
+/// to the OS: every layer allocates activations of a few MiB, and glibc otherwise
+/// maps and unmaps them, so each batch paid page faults on fresh pages (7% of a bf16
+/// embed run under perf). The peak is unchanged: freed buffers are reused.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before threads start.
+    unsafe {
+        // 32 MiB is glibc's ceiling for the mmap threshold on 64-bit.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -604,7 +618,7 @@ mod tests {
         // A batch of 64 texts of at most 16 tokens holds 1024, not 4096.
         let short = Workload {
             longest: Some(16),
-            ..Workload::pass(BatchPlan::default())
+            ..Workload::pass(BatchPlan::new(None, Some(4096)))
         };
         let e = fp.estimate(Dtype::F32, DeviceSpec::Cpu, &short);
         assert_eq!(e.batch_tokens, 1024);
@@ -612,7 +626,7 @@ mod tests {
         let bf16 = Footprint::from_shapes(smollm2(), &smollm2_shapes(), Dtype::Bf16).estimate(
             Dtype::Bf16,
             DeviceSpec::Cpu,
-            &Workload::pass(BatchPlan::default()),
+            &Workload::pass(BatchPlan::new(None, Some(4096))),
         );
         assert!(bf16.activations > big.activations);
         assert!(bf16.weights < big.weights / 2 + (1 << 20));
@@ -638,7 +652,7 @@ mod tests {
         for needle in [
             "smollm2 in f32 needs about",
             "weights 0.50 GiB",
-            "at 4096 tokens per batch",
+            "at 1024 tokens per batch",
             "is available (MemAvailable)",
             "try --dtype bf16",
         ] {
