@@ -1,0 +1,1 @@
+//! Tests of sweep files, plans and shards.
