@@ -163,7 +163,7 @@ impl Sweep {
         let file: SweepFile = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                .map(|s| 1 + text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count());
             let message = e.message().trim().replace('\n', " ");
             match line {
                 Some(l) => anyhow::anyhow!("line {l}: {message}"),
