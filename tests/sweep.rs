@@ -84,13 +84,26 @@ fn units_run_once_and_only_what_is_missing_or_stale_runs_again() {
     let out = run(&sweep, &[]);
     assert!(!out.status.success());
     let text = stdout(&out);
-    assert!(text.contains("shard 0/1: 2 ran, 0 complete before, 1 failed"), "{text}");
+    assert!(
+        text.contains("shard 0/1: 2 ran, 0 complete before, 1 failed"),
+        "{text}"
+    );
     assert!(text.contains("unit 2 (missing-model): failed: "), "{text}");
     let err = stderr(&out);
-    assert!(err.contains("error: 1 of the shard's units failed: unit 2 (missing-model)"), "{err}");
-    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+    assert!(
+        err.contains("error: 1 of the shard's units failed: unit 2 (missing-model)"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
     for task in ["mr", "tweets"] {
-        assert_eq!(model_name(&llama.join(format!("{task}.json"))), "tiny-llama");
+        assert_eq!(
+            model_name(&llama.join(format!("{task}.json"))),
+            "tiny-llama"
+        );
         assert!(qwen.join(format!("{task}.json")).is_file());
     }
     std::fs::remove_file(dir.join("sweep.toml")).unwrap();
@@ -103,7 +116,11 @@ fn units_run_once_and_only_what_is_missing_or_stale_runs_again() {
     );
     let out = run(&sweep, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("0 ran, 2 complete before, 0 failed"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("0 ran, 2 complete before, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
 
     // A half-written file runs its task again, and only it.
     let mr = std::fs::read(llama.join("mr.json")).unwrap();
@@ -130,7 +147,10 @@ fn units_run_once_and_only_what_is_missing_or_stale_runs_again() {
     bytes.push(b'\n');
     std::fs::write(&config, bytes).unwrap();
     let text = stdout(&run(&sweep, &[]));
-    assert!(text.contains("the results of tiny-llama come from other model files"), "{text}");
+    assert!(
+        text.contains("the results of tiny-llama come from other model files"),
+        "{text}"
+    );
     assert!(text.contains("1 ran, 1 complete before"), "{text}");
     assert!(stdout(&run(&sweep, &[])).contains("0 ran, 2 complete before"));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -144,19 +164,26 @@ fn shards_split_the_units_and_revisions_stay_apart() {
     }
     let sweep = write_sweep(
         &dir,
-        "[[models]]\nname = \"tiny\"\nmodel = \"ckpts/{revision}\"\nrevisions = [\"step1\", \"step2\", \"step3\"]\n",
+        "[analyze]\nlimit = 4\nmax_tokens = 32\n\n[[models]]\nname = \"tiny\"\nmodel = \"ckpts/{revision}\"\nrevisions = [\"step1\", \"step2\", \"step3\"]\n",
     );
     let plan = stdout(&harness(&["sweep", "plan", sweep.to_str().unwrap()]));
-    assert!(plan.contains("3 unit(s) x 2 task(s) (mr, tweets)"), "{plan}");
+    assert!(
+        plan.contains("3 unit(s) x 2 task(s) (mr, tweets)"),
+        "{plan}"
+    );
     assert!(plan.contains("   1  tiny@step2  (--model "), "{plan}");
     assert!(plan.contains("results/tiny_step2/tweets.json"), "{plan}");
+    assert!(plan.contains("results/tiny_step2/analyze.json"), "{plan}");
 
     let out = run(&sweep, &["--shard", "1/2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let results = dir.join("results");
     assert!(!results.join("tiny_step1").exists());
     assert!(!results.join("tiny_step3").exists());
-    assert_eq!(model_name(&results.join("tiny_step2/mr.json")), "tiny@step2");
+    assert_eq!(
+        model_name(&results.join("tiny_step2/mr.json")),
+        "tiny@step2"
+    );
 
     // Slurm's index and count from the environment.
     let out = Command::new(env!("CARGO_BIN_EXE_harness"))
@@ -166,8 +193,41 @@ fn shards_split_the_units_and_revisions_stay_apart() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("shard 0/2: 2 ran"), "{}", stdout(&out));
-    assert_eq!(model_name(&results.join("tiny_step3/tweets.json")), "tiny@step3");
+    assert!(
+        stdout(&out).contains("shard 0/2: 2 ran"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        model_name(&results.join("tiny_step3/tweets.json")),
+        "tiny@step3"
+    );
+    assert_eq!(
+        model_name(&results.join("tiny_step1/analyze.json")),
+        "tiny@step1"
+    );
+
+    // The report reads the checkpoints as one model across training.
+    let report = dir.join("report");
+    let out = harness(&[
+        "report",
+        "--results",
+        results.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for figure in [
+        "training-tiny-mr.svg",
+        "training-tiny-tweets.svg",
+        "training-tiny-analyze.svg",
+    ] {
+        let svg = std::fs::read_to_string(report.join("plots").join(figure)).unwrap();
+        assert!(svg.contains("training step"), "{figure}");
+    }
+    let page = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(page.contains("Across training checkpoints"));
+    assert!(page.contains("tiny@step3"));
 
     let out = harness(&["sweep", "run", sweep.to_str().unwrap(), "--shard", "2/2"]);
     assert!(!out.status.success());
@@ -181,22 +241,50 @@ fn shards_split_the_units_and_revisions_stay_apart() {
 #[test]
 fn emit_writes_the_job_and_refuses_bad_settings() {
     let dir = scratch("emit");
-    let sweep = write_sweep(&dir, "[[models]]\nmodel = \"smollm2\"\n[[models]]\nmodel = \"gemma3\"\n");
+    let sweep = write_sweep(
+        &dir,
+        "[[models]]\nmodel = \"smollm2\"\n[[models]]\nmodel = \"gemma3\"\n",
+    );
     let sweep = sweep.to_str().unwrap();
     let job = dir.join("job.sbatch");
-    let out = harness(&["sweep", "emit", "slurm", sweep, "--out", job.to_str().unwrap()]);
+    let out = harness(&[
+        "sweep",
+        "emit",
+        "slurm",
+        sweep,
+        "--out",
+        job.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let script = std::fs::read_to_string(&job).unwrap();
     assert!(script.contains("#SBATCH --array=0-1\n"), "{script}");
-    assert!(dir.join("results/logs").is_dir(), "Slurm needs the log directory");
-    let out = harness(&["sweep", "emit", "k8s", sweep, "--image", "h:1", "--max-parallel", "1"]);
+    assert!(
+        dir.join("results/logs").is_dir(),
+        "Slurm needs the log directory"
+    );
+    let out = harness(&[
+        "sweep",
+        "emit",
+        "k8s",
+        sweep,
+        "--image",
+        "h:1",
+        "--max-parallel",
+        "1",
+    ]);
     let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(manifest["spec"]["parallelism"], 1);
 
     for (args, needle) in [
-        (vec!["slurm", sweep, "--shards", "3"], "--shards 3: the sweep has 2 unit(s)"),
+        (
+            vec!["slurm", sweep, "--shards", "3"],
+            "--shards 3: the sweep has 2 unit(s)",
+        ),
         (vec!["k8s", sweep, "--image", " "], "--image is empty"),
-        (vec!["slurm", "/nonexistent/sweep.toml"], "cannot read sweep file"),
+        (
+            vec!["slurm", "/nonexistent/sweep.toml"],
+            "cannot read sweep file",
+        ),
     ] {
         let mut all = vec!["sweep", "emit"];
         all.extend(args);

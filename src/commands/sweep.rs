@@ -21,7 +21,11 @@ pub fn plan(path: &Path) -> Result<()> {
         units.len(),
         sweep.tasks.len(),
         sweep.task_names.join(", "),
-        if sweep.analyze.is_some() { " + analyze" } else { "" },
+        if sweep.analyze.is_some() {
+            " + analyze"
+        } else {
+            ""
+        },
         sweep.results.display()
     );
     for unit in &units {

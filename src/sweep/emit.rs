@@ -60,7 +60,10 @@ pub struct Slurm {
 pub fn slurm(sweep: &Sweep, units: usize, opts: &Slurm) -> Result<String> {
     let shards = opts.resources.check(units)?;
     for (flag, value) in [("--time", &opts.time), ("--partition", &opts.partition)] {
-        if value.as_deref().is_some_and(|v| v.is_empty() || v.contains(char::is_whitespace)) {
+        if value
+            .as_deref()
+            .is_some_and(|v| v.is_empty() || v.contains(char::is_whitespace))
+        {
             bail!("{flag} must be one word");
         }
     }

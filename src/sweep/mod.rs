@@ -161,9 +161,12 @@ impl Sweep {
     /// Checks the text of a sweep file read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Sweep> {
         let file: SweepFile = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| 1 + text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count());
+            let line = e.span().map(|s| {
+                1 + text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+            });
             let message = e.message().trim().replace('\n', " ");
             match line {
                 Some(l) => anyhow::anyhow!("line {l}: {message}"),

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use super::{Sweep, Unit};
-use crate::commands::analyze::{AnalyzeCommand, Ablate};
+use crate::commands::analyze::{Ablate, AnalyzeCommand};
 use crate::commands::eval::EvalCommand;
 use crate::model::capture::BatchPlan;
 use crate::model::dtype::Engine;
@@ -96,7 +96,9 @@ pub fn select_shard(
         return Shard::new(index, shards.unwrap_or(units), "JOB_COMPLETION_INDEX");
     }
     match shards {
-        Some(_) => bail!("--shards needs an index: --shard I/N, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX"),
+        Some(_) => bail!(
+            "--shards needs an index: --shard I/N, SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX"
+        ),
         None => Ok(Shard::ALL),
     }
 }
@@ -218,7 +220,10 @@ fn eval_matches(
         ("task", r.task.name == sweep.task_names[i]),
         ("limit", r.settings.limit == expected_limit),
         ("seed", r.settings.seed == s.seed),
-        ("pool", s.pool.is_none() || r.task.pool.is_none() || r.task.pool == s.pool),
+        (
+            "pool",
+            s.pool.is_none() || r.task.pool.is_none() || r.task.pool == s.pool,
+        ),
         ("dtype", r.settings.dtype == s.dtype.to_string()),
         ("device", r.settings.device == s.device.to_string()),
         ("truncate", r.settings.truncate == s.truncate),

@@ -87,7 +87,10 @@ fn outputs_follow_dtype_ablation_and_analyze() {
     );
     // CUDA defaults to bf16, as `harness eval` does.
     let unit = with("device = \"cuda\"");
-    assert_eq!(unit.outputs, [PathBuf::from("runs/out/smollm2/mr.bf16.json")]);
+    assert_eq!(
+        unit.outputs,
+        [PathBuf::from("runs/out/smollm2/mr.bf16.json")]
+    );
 }
 
 #[test]
@@ -95,19 +98,46 @@ fn bad_sweep_files_are_one_line_errors() {
     let model = "[[models]]\nmodel = \"smollm2\"\n";
     let cases = [
         (format!("tasks = [\"mr\"]\n{model}colour = 1\n"), "line 4"),
-        (format!("tasks = [\"mr\"]\n[settings]\nlimt = 3\n{model}"), "unknown field `limt`"),
+        (
+            format!("tasks = [\"mr\"]\n[settings]\nlimt = 3\n{model}"),
+            "unknown field `limt`",
+        ),
         (model.to_string(), "missing field `tasks`"),
         (format!("tasks = []\n{model}"), "`tasks` is empty"),
         ("tasks = [\"mr\"]\n".to_string(), "no [[models]]"),
-        (format!("tasks = [\"nope\"]\n{model}"), "unknown task 'nope'"),
+        (
+            format!("tasks = [\"nope\"]\n{model}"),
+            "unknown task 'nope'",
+        ),
         (format!("tasks = [\"mr\", \"mr\"]\n{model}"), "listed twice"),
-        (format!("tasks = [\"missing.toml\"]\n{model}"), "missing.toml"),
-        (format!("tasks = [\"mr\"]\n[settings]\ndtype = \"f8\"\n{model}"), "dtype"),
-        (format!("tasks = [\"mr\"]\n[settings]\nablate = \"0\"\n{model}"), "invalid --ablate"),
-        (format!("tasks = [\"mr\"]\n[settings]\nlimit = 0\n{model}"), "--limit 0"),
-        (format!("tasks = [\"mr\"]\n[settings]\nresamples = 3\n{model}"), "--resamples 3"),
-        (format!("tasks = [\"mr\"]\n[settings]\nlimit = -1\n{model}"), "line 3"),
-        (format!("tasks = [\"mr\"]\n[analyze]\nlimit = 0\n{model}"), "no prompts"),
+        (
+            format!("tasks = [\"missing.toml\"]\n{model}"),
+            "missing.toml",
+        ),
+        (
+            format!("tasks = [\"mr\"]\n[settings]\ndtype = \"f8\"\n{model}"),
+            "dtype",
+        ),
+        (
+            format!("tasks = [\"mr\"]\n[settings]\nablate = \"0\"\n{model}"),
+            "invalid --ablate",
+        ),
+        (
+            format!("tasks = [\"mr\"]\n[settings]\nlimit = 0\n{model}"),
+            "--limit 0",
+        ),
+        (
+            format!("tasks = [\"mr\"]\n[settings]\nresamples = 3\n{model}"),
+            "--resamples 3",
+        ),
+        (
+            format!("tasks = [\"mr\"]\n[settings]\nlimit = -1\n{model}"),
+            "line 3",
+        ),
+        (
+            format!("tasks = [\"mr\"]\n[analyze]\nlimit = 0\n{model}"),
+            "no prompts",
+        ),
         (
             "tasks = [\"mr\"]\n[[models]]\nmodel = \"a/b.gguf\"\nrevisions = [\"x\"]\n".into(),
             "holds no {revision}",
@@ -136,7 +166,10 @@ fn bad_sweep_files_are_one_line_errors() {
             "tasks = [\"mr\"]\n[[models]]\nmodel = \"hf:a/b\"\nname = \"a b\"\n".into(),
             "model name \"a b\"",
         ),
-        (format!("tasks = [\"mr\"]\n{model}{model}"), "would both write results as smollm2"),
+        (
+            format!("tasks = [\"mr\"]\n{model}{model}"),
+            "would both write results as smollm2",
+        ),
         (
             "tasks = [\"mr\"]\n[[models]]\nmodel = \"smollm2\"\n[[models]]\nmodel = \"llama\"\n"
                 .into(),
@@ -161,17 +194,26 @@ fn shards_come_from_the_flag_slurm_or_kubernetes() {
         }
     };
     let shard = |index, count| Shard { index, count };
-    let slurm = env(&[("SLURM_ARRAY_TASK_ID", "2"), ("SLURM_ARRAY_TASK_COUNT", "5")]);
+    let slurm = env(&[
+        ("SLURM_ARRAY_TASK_ID", "2"),
+        ("SLURM_ARRAY_TASK_COUNT", "5"),
+    ]);
     assert_eq!(select_shard(None, None, 9, &slurm).unwrap(), shard(2, 5));
     assert_eq!(select_shard(None, Some(3), 9, &slurm).unwrap(), shard(2, 3));
     let explicit = "1/4".parse().unwrap();
-    assert_eq!(select_shard(Some(explicit), None, 9, &slurm).unwrap(), shard(1, 4));
+    assert_eq!(
+        select_shard(Some(explicit), None, 9, &slurm).unwrap(),
+        shard(1, 4)
+    );
     let k8s = env(&[("JOB_COMPLETION_INDEX", "4")]);
     assert_eq!(select_shard(None, None, 6, &k8s).unwrap(), shard(4, 6));
     assert_eq!(select_shard(None, Some(8), 6, &k8s).unwrap(), shard(4, 8));
     assert_eq!(select_shard(None, None, 6, env(&[])).unwrap(), Shard::ALL);
 
-    let few = env(&[("SLURM_ARRAY_TASK_ID", "5"), ("SLURM_ARRAY_TASK_COUNT", "5")]);
+    let few = env(&[
+        ("SLURM_ARRAY_TASK_ID", "5"),
+        ("SLURM_ARRAY_TASK_COUNT", "5"),
+    ]);
     let bad = [
         (
             select_shard(None, None, 3, env(&[("SLURM_ARRAY_TASK_ID", "x")])),
@@ -181,7 +223,10 @@ fn shards_come_from_the_flag_slurm_or_kubernetes() {
             select_shard(None, None, 3, env(&[("SLURM_ARRAY_TASK_ID", "1")])),
             "SLURM_ARRAY_TASK_COUNT is not",
         ),
-        (select_shard(None, None, 9, few), "index 5 is not below the count 5"),
+        (
+            select_shard(None, None, 9, few),
+            "index 5 is not below the count 5",
+        ),
         (
             select_shard(None, None, 3, env(&[("JOB_COMPLETION_INDEX", "3")])),
             "index 3 is not below the count 3",
@@ -190,7 +235,10 @@ fn shards_come_from_the_flag_slurm_or_kubernetes() {
             select_shard(None, None, 3, env(&[("JOB_COMPLETION_INDEX", "-1")])),
             "not a whole number",
         ),
-        (select_shard(None, Some(2), 3, env(&[])), "--shards needs an index"),
+        (
+            select_shard(None, Some(2), 3, env(&[])),
+            "--shards needs an index",
+        ),
     ];
     for (result, needle) in bad {
         let e = result.unwrap_err().to_string();
@@ -222,7 +270,11 @@ fn every_unit_is_in_exactly_one_shard() {
 
 /// A sweep file with `device = "cuda"`.
 fn on_cuda(text: &str) -> String {
-    text.replacen("[[models]]", "[settings]\ndevice = \"cuda\"\n\n[[models]]", 1)
+    text.replacen(
+        "[[models]]",
+        "[settings]\ndevice = \"cuda\"\n\n[[models]]",
+        1,
+    )
 }
 
 fn resources(shards: Option<usize>, max_parallel: Option<usize>) -> Resources {
@@ -279,7 +331,10 @@ fn the_slurm_script_is_a_job_array_of_the_shards() {
     assert!(script.contains("#SBATCH --gres=gpu:1\n"), "{script}");
 
     for (r, needle) in [
-        (resources(Some(7), None), "--shards 7: the sweep has 6 unit(s)"),
+        (
+            resources(Some(7), None),
+            "--shards 7: the sweep has 6 unit(s)",
+        ),
         (resources(Some(0), None), "--shards 0"),
         (resources(None, Some(0)), "--max-parallel 0"),
     ] {
@@ -317,7 +372,14 @@ fn the_kubernetes_manifest_is_an_indexed_job() {
     assert_eq!(c["workingDir"], "/data");
     assert_eq!(
         c["command"],
-        serde_json::json!(["harness", "sweep", "run", "runs/sweep.toml", "--shards", "6"])
+        serde_json::json!([
+            "harness",
+            "sweep",
+            "run",
+            "runs/sweep.toml",
+            "--shards",
+            "6"
+        ])
     );
     assert_eq!(c["volumeMounts"][0]["mountPath"], "/data");
     assert_eq!(c["volumeMounts"][0]["name"], pod["volumes"][0]["name"]);
