@@ -28,7 +28,6 @@ if ! command -v sbatch >/dev/null || ! command -v slurmctld >/dev/null || ! comm
 fi
 
 work=$(mktemp -d /tmp/harness-slurm.XXXXXX)
-pids=()
 stop() {
   # Each daemon by the id it wrote, never by name: other clusters may run here.
   for f in "$work/slurmd.pid" "$work/slurmctld.pid" "$work/munge/munged.pid"; do

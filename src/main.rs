@@ -1,6 +1,6 @@
 //! The `harness` command line: parses arguments and calls the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -86,7 +86,7 @@ enum SweepCommand {
         shards: Option<usize>,
     },
     /// Write the scheduler's job: an sbatch job array or a Kubernetes Indexed Job.
-    Emit(EmitArgs),
+    Emit(Box<EmitArgs>),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -139,7 +139,7 @@ struct EmitArgs {
 }
 
 impl EmitArgs {
-    fn target(self, results: PathBuf) -> Result<commands::sweep::Target> {
+    fn target(self, results: &Path) -> Result<harness::sweep::command::Target> {
         let resources = emit::Resources {
             shards: self.shards,
             max_parallel: self.max_parallel,
@@ -147,7 +147,7 @@ impl EmitArgs {
             mem_gib: self.mem_gb,
         };
         Ok(match self.scheduler {
-            Scheduler::Slurm => commands::sweep::Target::Slurm(emit::Slurm {
+            Scheduler::Slurm => harness::sweep::command::Target::Slurm(emit::Slurm {
                 resources,
                 time: self.time,
                 partition: self.partition,
@@ -157,7 +157,7 @@ impl EmitArgs {
                     None => std::env::current_exe()?,
                 },
             }),
-            Scheduler::K8s => commands::sweep::Target::Kubernetes(emit::Kubernetes {
+            Scheduler::K8s => harness::sweep::command::Target::Kubernetes(emit::Kubernetes {
                 resources,
                 image: self.image.unwrap_or_default(),
                 claim: self.claim,
@@ -362,22 +362,22 @@ fn run(cli: Cli) -> Result<()> {
             out: args.out,
         }),
         Command::Report { results, out } => commands::report::run(&results, &out),
-        Command::Sweep(SweepCommand::Plan { sweep }) => commands::sweep::plan(&sweep),
+        Command::Sweep(SweepCommand::Plan { sweep }) => harness::sweep::command::plan(&sweep),
         Command::Sweep(SweepCommand::Run {
             sweep,
             shard,
             shards,
-        }) => commands::sweep::run(
+        }) => harness::sweep::command::run(
             &sweep,
             shard.as_deref().map(str::parse).transpose()?,
             shards,
             quiet,
         ),
         Command::Sweep(SweepCommand::Emit(args)) => {
-            let results = harness::sweep::Sweep::load(&args.sweep)?.results;
-            let sweep = args.sweep.clone();
+            let sweep = harness::sweep::Sweep::load(&args.sweep)?;
             let out = args.out.clone();
-            commands::sweep::emit(&sweep, args.target(results)?, out)
+            let target = (*args).target(&sweep.results)?;
+            harness::sweep::command::emit(&sweep, target, out)
         }
         Command::Analyze(args) => commands::analyze::run_command(AnalyzeCommand {
             model: args.model,

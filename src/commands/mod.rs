@@ -1,12 +1,12 @@
-//! The commands' drivers: what `harness inspect`, `embed`, `eval`, `analyze`,
-//! `report` and `sweep` do between parsed arguments and written results.
+//! The commands' drivers: what `harness inspect`, `embed`, `eval`, `analyze` and
+//! `report` do between parsed arguments and written results (`sweep`'s, which runs
+//! these, is in the `sweep` folder).
 
 pub mod analyze;
 pub mod embed;
 pub mod eval;
 pub mod inspect;
 pub mod report;
-pub mod sweep;
 
 use anyhow::Result;
 

@@ -8,8 +8,10 @@
 //! loaded once and texts that several tasks embed are embedded once. Units write
 //! where `harness eval --out` would, so `harness report` merges a sweep's results
 //! with everything else. [`run`] executes a shard of the units, skipping those
-//! already complete; [`emit`] writes the scheduler's job.
+//! already complete; [`emit`] writes the scheduler's job; [`command`] is what the
+//! `harness sweep` subcommands print.
 
+pub mod command;
 pub mod emit;
 pub mod run;
 

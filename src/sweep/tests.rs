@@ -198,16 +198,16 @@ fn shards_come_from_the_flag_slurm_or_kubernetes() {
         ("SLURM_ARRAY_TASK_ID", "2"),
         ("SLURM_ARRAY_TASK_COUNT", "5"),
     ]);
-    assert_eq!(select_shard(None, None, 9, &slurm).unwrap(), shard(2, 5));
-    assert_eq!(select_shard(None, Some(3), 9, &slurm).unwrap(), shard(2, 3));
+    assert_eq!(select_shard(None, None, 9, slurm).unwrap(), shard(2, 5));
+    assert_eq!(select_shard(None, Some(3), 9, slurm).unwrap(), shard(2, 3));
     let explicit = "1/4".parse().unwrap();
     assert_eq!(
-        select_shard(Some(explicit), None, 9, &slurm).unwrap(),
+        select_shard(Some(explicit), None, 9, slurm).unwrap(),
         shard(1, 4)
     );
     let k8s = env(&[("JOB_COMPLETION_INDEX", "4")]);
-    assert_eq!(select_shard(None, None, 6, &k8s).unwrap(), shard(4, 6));
-    assert_eq!(select_shard(None, Some(8), 6, &k8s).unwrap(), shard(4, 8));
+    assert_eq!(select_shard(None, None, 6, k8s).unwrap(), shard(4, 6));
+    assert_eq!(select_shard(None, Some(8), 6, k8s).unwrap(), shard(4, 8));
     assert_eq!(select_shard(None, None, 6, env(&[])).unwrap(), Shard::ALL);
 
     let few = env(&[

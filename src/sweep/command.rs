@@ -1,14 +1,15 @@
 //! `harness sweep plan|run|emit`: a sweep file's units, running a shard of them, and
-//! the scheduler's job that runs them all (see [`crate::sweep`]).
+//! the scheduler's job that runs them all. Here rather than in `commands/`, whose
+//! eval and analyze drivers the units run.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use super::emit;
+use super::run::{run_shard, select_shard, Shard};
+use super::Sweep;
 use crate::io::output::write_bytes_atomic;
-use crate::sweep::emit;
-use crate::sweep::run::{run_shard, select_shard, Shard};
-use crate::sweep::Sweep;
 
 /// `harness sweep plan`: one line per unit, in the order shards take them, and the
 /// files each writes.
@@ -74,20 +75,19 @@ pub enum Target {
     Kubernetes(emit::Kubernetes),
 }
 
-/// `harness sweep emit`: the job file, to `out` or standard output.
-pub fn emit(path: &Path, target: Target, out: Option<PathBuf>) -> Result<()> {
-    let sweep = Sweep::load(path)?;
+/// `harness sweep emit`: the job file for `sweep`, to `out` or standard output.
+pub fn emit(sweep: &Sweep, target: Target, out: Option<PathBuf>) -> Result<()> {
     let units = sweep.plan()?.len();
     let text = match &target {
         Target::Slurm(opts) => {
-            let text = emit::slurm(&sweep, units, opts)?;
+            let text = emit::slurm(sweep, units, opts)?;
             // Slurm does not create the log directory, and a task whose log cannot be
             // opened fails without a word.
             std::fs::create_dir_all(&opts.logs)
                 .with_context(|| format!("cannot create {}", opts.logs.display()))?;
             text
         }
-        Target::Kubernetes(opts) => emit::kubernetes(&sweep, units, opts)?,
+        Target::Kubernetes(opts) => emit::kubernetes(sweep, units, opts)?,
     };
     match out {
         Some(out) => {
