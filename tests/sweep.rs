@@ -140,6 +140,16 @@ fn units_run_once_and_only_what_is_missing_or_stale_runs_again() {
     std::fs::write(qwen.join("mr.json"), edited).unwrap();
     let text = stdout(&run(&sweep, &[]));
     assert!(text.contains("mr.json was run with another seed"), "{text}");
+    // Pooling the sweep leaves to the task is the task's own (mean for a probe).
+    let edited = std::fs::read_to_string(qwen.join("tweets.json"))
+        .unwrap()
+        .replace("\"pool\": \"mean\"", "\"pool\": \"last\"");
+    std::fs::write(qwen.join("tweets.json"), edited).unwrap();
+    let text = stdout(&run(&sweep, &[]));
+    assert!(
+        text.contains("tweets.json was run with another pool"),
+        "{text}"
+    );
 
     // Other model files (a changed tokenizer config) run every task again.
     let config = dir.join("tiny-llama/tokenizer_config.json");

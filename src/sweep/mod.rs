@@ -127,8 +127,9 @@ pub struct Sweep {
     pub tasks: Vec<String>,
     /// The tasks' own names, which name their result files.
     pub task_names: Vec<String>,
-    /// The tasks' own limits, which apply where the sweep sets none.
-    pub task_limits: Vec<Option<usize>>,
+    /// Each task's settings under the sweep's (limit, seed, pooling, centring), as
+    /// its results record them.
+    pub task_settings: Vec<tasks::Settings>,
     pub settings: Settings,
     pub analyze: Option<AnalyzeSettings>,
     pub models: Vec<ModelFile>,
@@ -181,15 +182,21 @@ impl Sweep {
             bail!("`tasks` is empty; name at least one task");
         }
         let mut tasks = Vec::new();
-        let (mut task_names, mut task_limits) = (Vec::new(), Vec::new());
+        let task_opts = tasks::TaskOptions {
+            limit: settings.limit,
+            seed: settings.seed,
+            pool: settings.pool,
+            ..Default::default()
+        };
+        let (mut task_names, mut task_settings) = (Vec::new(), Vec::new());
         for task in &file.tasks {
             let (arg, spec) = task_arg(task, &base)?;
             if task_names.contains(&spec.name) {
                 bail!("task {} is listed twice", spec.name);
             }
             tasks.push(arg);
+            task_settings.push(spec.settings(&task_opts));
             task_names.push(spec.name);
-            task_limits.push(spec.limit);
         }
         if file.models.is_empty() {
             bail!("no [[models]]; name at least one model");
@@ -214,7 +221,7 @@ impl Sweep {
             results: base.join(file.results.as_deref().unwrap_or("results")),
             tasks,
             task_names,
-            task_limits,
+            task_settings,
             settings,
             analyze,
             models: file.models,

@@ -120,8 +120,9 @@ impl Pending {
 
 /// Compares a unit's result files with what the sweep asks: a file counts only if
 /// it parses and records the unit's model (name and, once the rest matches, the
-/// fingerprint of the files the unit would load), task, limit, seed, pool, dtype,
-/// device, truncation, resamples and ablation. Anything else is run again.
+/// fingerprint of the files the unit would load), task, limit, seed, pooling,
+/// centring, dtype, device, truncation, resamples and ablation. Anything else is run
+/// again.
 pub fn pending(sweep: &Sweep, unit: &Unit) -> Pending {
     let mut pending = Pending::default();
     let mut fingerprints = Vec::new();
@@ -207,8 +208,7 @@ fn eval_matches(
     let text = std::fs::read_to_string(path).map_err(|_| format!("{shown} is missing"))?;
     let r: EvalResult =
         serde_json::from_str(&text).map_err(|e| format!("{shown} is not a result ({e})"))?;
-    let s = &sweep.settings;
-    let expected_limit = s.limit.or(sweep.task_limits[i]);
+    let (s, task) = (&sweep.settings, &sweep.task_settings[i]);
     let ablate_ok = match &s.ablate_parsed {
         None => r.settings.ablate.is_empty(),
         Some(Ablate::Auto) => !r.settings.ablate.is_empty(),
@@ -218,12 +218,10 @@ fn eval_matches(
         ("schema", r.schema == crate::results::eval::SCHEMA),
         ("model", r.model.name == unit.name),
         ("task", r.task.name == sweep.task_names[i]),
-        ("limit", r.settings.limit == expected_limit),
-        ("seed", r.settings.seed == s.seed),
-        (
-            "pool",
-            s.pool.is_none() || r.task.pool.is_none() || r.task.pool == s.pool,
-        ),
+        ("limit", r.settings.limit == task.limit),
+        ("seed", r.settings.seed == task.seed),
+        ("pool", r.task.pool == task.pool),
+        ("centring", r.task.center == task.center),
         ("dtype", r.settings.dtype == s.dtype.to_string()),
         ("device", r.settings.device == s.device.to_string()),
         ("truncate", r.settings.truncate == s.truncate),
