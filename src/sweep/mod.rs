@@ -239,7 +239,11 @@ impl Sweep {
         let mut units: Vec<Unit> = Vec::new();
         for entry in &self.models {
             for (model, name, revision) in self.checkpoints(entry)? {
-                if let Some(other) = units.iter().find(|u| u.name == name) {
+                // Names that differ only where a path cannot hold them share a folder.
+                if let Some(other) = units
+                    .iter()
+                    .find(|u| file_safe(&u.name) == file_safe(&name))
+                {
                     bail!(
                         "models {} and {model} would both write results as {name}; give one a `name`",
                         other.model

@@ -175,6 +175,11 @@ fn bad_sweep_files_are_one_line_errors() {
                 .into(),
             "give one a `name`",
         ),
+        (
+            "tasks = [\"mr\"]\n[[models]]\nmodel = \"hf:a/b@c\"\n[[models]]\nmodel = \"d/a--b_c.gguf\"\n"
+                .into(),
+            "would both write results as a--b_c",
+        ),
         ("tasks = [\"mr\"\n".into(), "line 1"),
     ];
     for (text, needle) in cases {
