@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command (the README's, and what CI runs): fetches the pinned
 # models and datasets, runs every Rust test in release mode (doc tests included),
-# builds the documentation and runs the example, then renders a report of
-# the committed fixture results and checks it in headless Chromium, installing
-# Debian's chromium first when it is missing and we may (root with apt-get).
+# builds the documentation and runs the example, runs a sweep on a single-node
+# Slurm cluster (scripts/slurm_check.sh), then renders a report of the committed
+# fixture results and checks it in headless Chromium, installing Debian's slurm-wlm,
+# munge and chromium first when they are missing and we may (root with apt-get).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 scripts/fetch_assets.py
@@ -12,6 +13,7 @@ cargo test --release
 # example runs on the default model and task.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 "${CARGO_TARGET_DIR:-target}/release/examples/layers"
+scripts/slurm_check.sh
 if ! command -v chromium >/dev/null; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     echo "installing chromium for the browser check" >&2

@@ -39,6 +39,7 @@
 //! - [`commands`]: what each `harness` command does; [`results`]: the files they
 //!   write; [`report`]: leaderboards, plots and terminal tables.
 //! - [`hub`]: Hugging Face downloads; [`io`]: atomic writes, locks, progress.
+//! - [`sweep`]: models x tasks as units a cluster's scheduler (Slurm, Kubernetes) runs.
 
 pub mod commands;
 pub mod datasets;
@@ -51,6 +52,7 @@ pub mod probe;
 pub mod report;
 pub mod results;
 pub mod stats;
+pub mod sweep;
 pub mod tasks;
 
 pub use commands::eval::{evaluate, EvalOptions};

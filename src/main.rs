@@ -1,6 +1,6 @@
 //! The `harness` command line: parses arguments and calls the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -16,6 +16,7 @@ use harness::model::capture::BatchPlan;
 use harness::model::dtype::{DeviceSpec, Dtype, Engine};
 use harness::model::tokenizer::BosPolicy;
 use harness::model::Intervention;
+use harness::sweep::emit;
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +60,111 @@ enum Command {
     /// attention sinks, mixing), the Mix/Compress/Refine phases and the first-token
     /// MLP ablation, written to DIR/<model>/analyze.json.
     Analyze(AnalyzeArgs),
+    /// Models x tasks as units for a cluster's scheduler: plan them, run a shard of
+    /// them (skipping complete ones), or write the Slurm or Kubernetes job.
+    #[command(subcommand)]
+    Sweep(SweepCommand),
+}
+
+#[derive(Subcommand)]
+enum SweepCommand {
+    /// Print the units (one per model and revision, with every task) and their files.
+    Plan {
+        /// The sweep file (TOML; see docs/sweeps.md).
+        sweep: PathBuf,
+    },
+    /// Run the units of one shard whose results are missing or stale.
+    Run {
+        sweep: PathBuf,
+        /// This shard: INDEX/COUNT runs the units whose index is INDEX mod COUNT
+        /// (default: from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX, else all).
+        #[arg(long)]
+        shard: Option<String>,
+        /// The shard count for an index taken from the scheduler's environment
+        /// (default: SLURM_ARRAY_TASK_COUNT, or one shard per unit).
+        #[arg(long)]
+        shards: Option<usize>,
+    },
+    /// Write the scheduler's job: an sbatch job array or a Kubernetes Indexed Job.
+    Emit(Box<EmitArgs>),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Scheduler {
+    Slurm,
+    K8s,
+}
+
+#[derive(Args)]
+struct EmitArgs {
+    scheduler: Scheduler,
+    sweep: PathBuf,
+    /// Write the job here instead of to standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Array tasks (completion indices), each running every COUNT-th unit [default:
+    /// one per unit].
+    #[arg(long)]
+    shards: Option<usize>,
+    /// At most this many at once (Slurm's %K, the Job's parallelism).
+    #[arg(long)]
+    max_parallel: Option<usize>,
+    /// CPUs per task.
+    #[arg(long, default_value_t = 2)]
+    cpus: usize,
+    /// Memory per task, GiB.
+    #[arg(long, default_value_t = 8)]
+    mem_gb: usize,
+    /// Slurm: the time limit (--time).
+    #[arg(long)]
+    time: Option<String>,
+    /// Slurm: the partition.
+    #[arg(long)]
+    partition: Option<String>,
+    /// Slurm: where the tasks' logs go [default: RESULTS/logs].
+    #[arg(long)]
+    logs: Option<PathBuf>,
+    /// Slurm: the harness binary the tasks run [default: this one].
+    #[arg(long)]
+    harness: Option<PathBuf>,
+    /// Kubernetes: the container image holding harness.
+    #[arg(long, required_if_eq("scheduler", "k8s"))]
+    image: Option<String>,
+    /// Kubernetes: the PersistentVolumeClaim with the sweep file and its results.
+    #[arg(long, default_value = "harness-results")]
+    claim: String,
+    /// Kubernetes: where the claim is mounted; the sweep file's path is read from there.
+    #[arg(long, default_value = "/work")]
+    mount: String,
+}
+
+impl EmitArgs {
+    fn target(self, results: &Path) -> Result<harness::sweep::command::Target> {
+        let resources = emit::Resources {
+            shards: self.shards,
+            max_parallel: self.max_parallel,
+            cpus: self.cpus,
+            mem_gib: self.mem_gb,
+        };
+        Ok(match self.scheduler {
+            Scheduler::Slurm => harness::sweep::command::Target::Slurm(emit::Slurm {
+                resources,
+                time: self.time,
+                partition: self.partition,
+                logs: self.logs.unwrap_or_else(|| results.join("logs")),
+                harness: match self.harness {
+                    Some(h) => h,
+                    None => std::env::current_exe()?,
+                },
+            }),
+            Scheduler::K8s => harness::sweep::command::Target::Kubernetes(emit::Kubernetes {
+                resources,
+                image: self.image.unwrap_or_default(),
+                claim: self.claim,
+                mount: self.mount,
+            }),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -68,6 +174,9 @@ struct EvalArgs {
     task: Vec<String>,
     #[arg(long, required_unless_present = "list")]
     model: Option<String>,
+    /// File results under this model name instead of the model's own.
+    #[arg(long)]
+    name: Option<String>,
     /// At most this many examples per task (a seeded subset).
     #[arg(long)]
     limit: Option<usize>,
@@ -107,6 +216,9 @@ struct EvalArgs {
 struct AnalyzeArgs {
     #[arg(long)]
     model: String,
+    /// File the result under this model name instead of the model's own.
+    #[arg(long)]
+    name: Option<String>,
     /// Prompts, one per line (default: Jane Austen paragraphs from $HARNESS_HOME).
     #[arg(long)]
     input: Option<PathBuf>,
@@ -246,13 +358,32 @@ fn run(cli: Cli) -> Result<()> {
             },
             tasks: args.task,
             model: args.model.unwrap_or_default(),
+            name: args.name,
             engine: args.run.engine(),
             ablate: args.ablate,
             out: args.out,
         }),
         Command::Report { results, out } => commands::report::run(&results, &out),
+        Command::Sweep(SweepCommand::Plan { sweep }) => harness::sweep::command::plan(&sweep),
+        Command::Sweep(SweepCommand::Run {
+            sweep,
+            shard,
+            shards,
+        }) => harness::sweep::command::run(
+            &sweep,
+            shard.as_deref().map(str::parse).transpose()?,
+            shards,
+            quiet,
+        ),
+        Command::Sweep(SweepCommand::Emit(args)) => {
+            let sweep = harness::sweep::Sweep::load(&args.sweep)?;
+            let out = args.out.clone();
+            let target = (*args).target(&sweep.results)?;
+            harness::sweep::command::emit(&sweep, target, out)
+        }
         Command::Analyze(args) => commands::analyze::run_command(AnalyzeCommand {
             model: args.model,
+            name: args.name,
             input: args.input,
             task: args.task,
             limit: args.limit,

@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::commands::{load_to_run, parse_ablate};
+use crate::commands::{load_to_run, parse_ablate, renamed};
 use crate::diagnostics::capture::{pass, LOSS_ROWS};
 use crate::diagnostics::phases::{auto_rule, phases};
 use crate::diagnostics::summary::{mean, summarize};
@@ -320,6 +320,8 @@ fn encode(model: &LoadedModel, prompts: &[String], opts: &AnalyzeOptions) -> Res
 #[derive(Debug, Clone)]
 pub struct AnalyzeCommand {
     pub model: String,
+    /// The name the result is filed under instead of the model's own (`--name`).
+    pub name: Option<String>,
     /// Prompts, one per line.
     pub input: Option<PathBuf>,
     /// Prompts from a task's texts (a shipped task name or a task file).
@@ -354,7 +356,7 @@ pub fn run_command(cmd: AnalyzeCommand) -> Result<()> {
         logit_rows: LOSS_ROWS,
         ..Workload::pass(cmd.plan)
     };
-    let loaded = load_to_run(&cmd.model, cmd.engine, &work)?;
+    let loaded = renamed(load_to_run(&cmd.model, cmd.engine, &work)?, cmd.name)?;
     let _lock = crate::results::analyze::lock_result(&cmd.out, &loaded.source.name)?;
     let opts = AnalyzeOptions {
         encoding: cmd.encoding,

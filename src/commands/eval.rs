@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::commands::analyze;
-use crate::commands::{load_to_run, parse_ablate, warn_truncated};
+use crate::commands::{load_to_run, parse_ablate, renamed, warn_truncated};
 use crate::embeddings::encode::{self, Encoding};
 use crate::embeddings::pool::Pool;
 use crate::embeddings::session::{Session, SessionOptions};
@@ -391,6 +391,8 @@ pub struct EvalCommand {
     /// Shipped task names or paths to task files.
     pub tasks: Vec<String>,
     pub model: String,
+    /// The name results are filed under instead of the model's own (`--name`).
+    pub name: Option<String>,
     pub engine: Engine,
     /// `--ablate` as given: `auto` or block numbers.
     pub ablate: Option<String>,
@@ -414,6 +416,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     let EvalCommand {
         tasks,
         model,
+        name,
         engine,
         ablate,
         out,
@@ -427,7 +430,10 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     let ablate = parse_ablate(ablate.as_deref())?;
     // Settings that cannot give a result fail before the model loads.
     opts.check()?;
-    let model = load_to_run(&model, engine, &workload(&tasks, &opts, ablate.is_some())?)?;
+    let model = renamed(
+        load_to_run(&model, engine, &workload(&tasks, &opts, ablate.is_some())?)?,
+        name,
+    )?;
     if let Some(a) = &ablate {
         let progress = Progress::new("ablation", "tokens", opts.quiet);
         let (blocks, rule) =

@@ -1,5 +1,6 @@
 //! The commands' drivers: what `harness inspect`, `embed`, `eval`, `analyze` and
-//! `report` do between parsed arguments and written results.
+//! `report` do between parsed arguments and written results (`sweep`'s, which runs
+//! these, is in the `sweep` folder).
 
 pub mod analyze;
 pub mod embed;
@@ -28,6 +29,18 @@ pub fn load_to_run(spec: &str, engine: Engine, work: &Workload) -> Result<Loaded
     let source = source::resolve(spec)?;
     memory::check_source(&source, engine.dtype, engine.device, work)?;
     loaded(source::load_source(source, engine)?)
+}
+
+/// `model` filed under `name` (`--name`) instead of its own: checkpoints of one model
+/// that would share a name (directories `step1000/`, `step2000/`) stay apart.
+pub fn renamed(mut model: LoadedModel, name: Option<String>) -> Result<LoadedModel> {
+    if let Some(name) = name {
+        if name.trim().is_empty() {
+            anyhow::bail!("--name is empty; give the name results are filed under");
+        }
+        model.source.name = name;
+    }
+    Ok(model)
 }
 
 /// Passes on the loader's warnings.

@@ -76,13 +76,41 @@ pub struct ModelInfo {
     pub weight_types: BTreeMap<String, usize>,
 }
 
+/// The name results of a `--model` argument are filed under, without reading or
+/// downloading anything: the alias (an alternative alias gives the model's own), the
+/// hub id with `--` for `/` and `@revision` unless the revision is `main` (so that
+/// checkpoints of one model sit side by side), or the file or directory's stem.
+pub fn output_name(spec: &str) -> Result<String> {
+    if let Some(repo) = spec.strip_prefix("hf:") {
+        return Ok(hub_name(&HubRepo::parse(repo)?));
+    }
+    if let Some(asset) = assets::find_model(spec)? {
+        return Ok(asset.alias);
+    }
+    Ok(path_stem(Path::new(spec)).unwrap_or_else(|| spec.to_string()))
+}
+
+fn hub_name(repo: &HubRepo) -> String {
+    let name = repo.repo_id.replace('/', "--");
+    match repo.revision.as_str() {
+        "main" => name,
+        revision => format!("{name}@{revision}"),
+    }
+}
+
+fn path_stem(path: &Path) -> Option<String> {
+    path.file_stem()
+        .or_else(|| path.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+}
+
 /// Resolves a `--model` argument without loading anything.
 pub fn resolve(spec: &str) -> Result<ModelSource> {
     if let Some(repo) = spec.strip_prefix("hf:") {
         let repo = HubRepo::parse(repo)?;
         let dir = Hub::from_env()?.download_model_dir(&repo)?;
         return Ok(ModelSource {
-            name: repo.repo_id.replace('/', "--"),
+            name: hub_name(&repo),
             path: dir,
             format: Format::Safetensors,
             registry_sha256: None,
@@ -97,12 +125,7 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
         });
     }
     let path = Path::new(spec);
-    let stem = || {
-        path.file_stem()
-            .or_else(|| path.file_name())
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| spec.to_string())
-    };
+    let stem = || path_stem(path).unwrap_or_else(|| spec.to_string());
     if path.is_dir() {
         if !path.join("config.json").is_file() {
             bail!("{spec} is a directory without config.json (expected a Hugging Face model directory)");
@@ -251,6 +274,12 @@ impl LoadedModel {
 }
 
 impl ModelSource {
+    /// The digest [`LoadedModel::fingerprint`] gives once this model is loaded,
+    /// computed (or remembered) from its files without loading it.
+    pub fn fingerprint(&self) -> Result<String> {
+        Snapshot::take(self.files()?)?.digest(true)
+    }
+
     /// Every file whose bytes shape the loaded model.
     fn files(&self) -> Result<Vec<PathBuf>> {
         if self.format == Format::Gguf {

@@ -6,6 +6,7 @@
 use super::analyses::phases_table;
 use super::data::{analyze_layers, results_layers};
 use super::evals::{grid_table, scores_table, verdict_table, verdicts};
+use super::plots::Kind;
 pub use super::plots::Plot;
 use super::results::Results;
 pub use super::table::{Cell, Table};
@@ -119,20 +120,30 @@ pub fn build<'a>(results: &Results, plots: &'a [Plot], generated: String) -> Doc
             content: table("phases-table", phases_table(&results.analyses)),
         });
     }
-    let (task_plots, analysis_plots): (Vec<&Plot>, Vec<&Plot>) =
-        plots.iter().partition(|p| p.of_task());
+    let of = |kind| {
+        plots
+            .iter()
+            .filter(|p| p.kind() == kind)
+            .collect::<Vec<_>>()
+    };
     for (id, nav, title, figures) in [
         (
             "task-plots",
             "Depth curves",
             "Scores against depth",
-            task_plots,
+            of(Kind::Task),
         ),
         (
             "analysis-plots",
             "Layer analyses",
             "Layer analyses",
-            analysis_plots,
+            of(Kind::Analysis),
+        ),
+        (
+            "training-plots",
+            "Checkpoints",
+            "Across training checkpoints",
+            of(Kind::Training),
         ),
     ] {
         if !figures.is_empty() {

@@ -19,6 +19,7 @@ pub mod results;
 pub mod table;
 pub mod terminal;
 pub mod text;
+pub mod training;
 
 use std::path::{Path, PathBuf};
 

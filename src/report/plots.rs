@@ -2,8 +2,9 @@
 //! against relative depth with one line per model; per model, the analyze curves
 //! with the phases shaded.
 //!
-//! Every figure shares one x axis, relative depth in [0, 1], so that models with
-//! different numbers of blocks line up, and each model keeps one colour throughout.
+//! Every figure but those across training checkpoints ([`super::training`]) shares
+//! one x axis, relative depth in [0, 1], so that models with different numbers of
+//! blocks line up, and each model keeps one colour throughout.
 
 use anyhow::Result;
 use plotters::coord::ranged1d::ValueFormatter;
@@ -34,6 +35,19 @@ pub const DIR: &str = "plots";
 const TASK_PREFIX: &str = "task-";
 /// File names of layer-analysis figures start with this, then the model's name.
 const ANALYSIS_PREFIX: &str = "analyze-";
+/// File names of figures across training checkpoints start with this.
+pub(super) const TRAINING_PREFIX: &str = "training-";
+
+/// What a figure shows, which decides its section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A task's scores by depth.
+    Task,
+    /// A model's layer analysis.
+    Analysis,
+    /// A model's checkpoints against the training step.
+    Training,
+}
 
 impl Plot {
     /// Where the figure goes, relative to the report's folder.
@@ -41,20 +55,29 @@ impl Plot {
         format!("{DIR}/{}", self.file)
     }
 
-    /// Whether it plots a task's scores (otherwise a model's layer analysis).
-    pub fn of_task(&self) -> bool {
-        self.file.starts_with(TASK_PREFIX)
+    /// What it shows, from its file name.
+    pub fn kind(&self) -> Kind {
+        if self.file.starts_with(TASK_PREFIX) {
+            Kind::Task
+        } else if self.file.starts_with(TRAINING_PREFIX) {
+            Kind::Training
+        } else {
+            Kind::Analysis
+        }
     }
 }
 
 /// Whether `name` is a file name this module gives a figure: a report may remove
 /// such a file when it no longer draws it.
 pub fn is_figure_file(name: &str) -> bool {
-    (name.starts_with(TASK_PREFIX) || name.starts_with(ANALYSIS_PREFIX)) && name.ends_with(".svg")
+    [TASK_PREFIX, ANALYSIS_PREFIX, TRAINING_PREFIX]
+        .iter()
+        .any(|p| name.starts_with(p))
+        && name.ends_with(".svg")
 }
 
 /// Tableau's ten colours: distinct, and readable on white and on the pale phases.
-const PALETTE: [RGBColor; 10] = [
+pub(super) const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -73,7 +96,8 @@ const X_RANGE: std::ops::Range<f64> = -0.02..1.02;
 const GRID: RGBColor = RGBColor(225, 225, 225);
 const AXIS_TEXT: RGBColor = RGBColor(40, 40, 40);
 
-/// Every figure of the report: tasks first, then analyses, each sorted by name.
+/// Every figure of the report: tasks first, then analyses, each sorted by name, then
+/// the figures across training checkpoints.
 pub fn all(results: &Results) -> Result<Vec<Plot>> {
     let models = results.models();
     let colour = |model: &str| {
@@ -92,48 +116,61 @@ pub fn all(results: &Results) -> Result<Vec<Plot>> {
     for a in &results.analyses {
         plots.push(analysis_plot(a, colour(&a.model.name))?);
     }
+    plots.extend(super::training::plots(results)?);
     Ok(plots)
 }
 
 /// A line to draw, broken where values are missing.
-struct Series {
-    label: String,
-    colour: RGBColor,
-    dashed: bool,
-    segments: Vec<Vec<(f64, f64)>>,
+pub(super) struct Series {
+    pub label: String,
+    pub colour: RGBColor,
+    pub dashed: bool,
+    pub segments: Vec<Vec<(f64, f64)>>,
     /// Interval around the line: (x, low, high).
-    band: Vec<(f64, f64, f64)>,
+    pub band: Vec<(f64, f64, f64)>,
     /// A point to mark (the peak).
-    marker: Option<(f64, f64)>,
+    pub marker: Option<(f64, f64)>,
 }
 
 /// A stretch of depth shaded behind the lines, with its name.
-struct Shade {
+pub(super) struct Shade {
     from: f64,
     to: f64,
     colour: RGBColor,
     label: &'static str,
 }
 
-enum YAxis {
+pub(super) enum YAxis {
     Linear(f64, f64),
     Log(f64, f64),
 }
 
+/// What the x axis measures.
+pub(super) enum XAxis {
+    /// Relative depth, [`X_RANGE`].
+    Depth,
+    /// The training step, over this range.
+    Steps(f64, f64),
+}
+
 /// One chart: an axis, its lines and the shading behind them.
-struct Panel {
-    y_desc: String,
-    y: YAxis,
-    series: Vec<Series>,
-    shades: Vec<Shade>,
+pub(super) struct Panel {
+    pub y_desc: String,
+    pub y: YAxis,
+    pub x: XAxis,
+    pub series: Vec<Series>,
+    pub shades: Vec<Shade>,
     /// Only the bottom panel of a stack labels the shared x axis.
-    x_axis: bool,
+    pub x_axis: bool,
     /// Only the top panel of a stack names the shaded phases.
-    shade_labels: bool,
+    pub shade_labels: bool,
 }
 
 /// Splits `points` where the value is missing or cannot be drawn on the axis.
-fn segments(points: impl Iterator<Item = (f64, Option<f64>)>, log: bool) -> Vec<Vec<(f64, f64)>> {
+pub(super) fn segments(
+    points: impl Iterator<Item = (f64, Option<f64>)>,
+    log: bool,
+) -> Vec<Vec<(f64, f64)>> {
     let mut out: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
     for (x, y) in points {
         match y.filter(|y| y.is_finite() && (!log || *y > 0.0)) {
@@ -148,7 +185,7 @@ fn segments(points: impl Iterator<Item = (f64, Option<f64>)>, log: bool) -> Vec<
 
 /// An axis that holds `values` with a little room: logarithmic when they are all
 /// positive and span more than two orders of magnitude (perplexities, norms).
-fn y_axis(values: impl Iterator<Item = f64>) -> YAxis {
+pub(super) fn y_axis(values: impl Iterator<Item = f64>) -> YAxis {
     let values: Vec<f64> = values.filter(|v| v.is_finite()).collect();
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -163,7 +200,7 @@ fn y_axis(values: impl Iterator<Item = f64>) -> YAxis {
 }
 
 /// A tick label: a few digits, powers of ten beyond them.
-fn tick(v: f64) -> String {
+pub(super) fn tick(v: f64) -> String {
     let v = v + 0.0; // no "-0"
     if v != 0.0 && !(0.01..10_000.0).contains(&v.abs()) {
         format!("{v:.0e}")
@@ -175,7 +212,7 @@ fn tick(v: f64) -> String {
 
 /// Draws a figure of `height` pixels: a title, panels stacked on a shared depth axis
 /// and a legend of every labelled line below them.
-fn figure(title: &str, height: u32, panels: &[Panel]) -> Result<String> {
+pub(super) fn figure(title: &str, height: u32, panels: &[Panel]) -> Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
@@ -256,12 +293,14 @@ fn draw_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, panel: &Panel) -> Resul
         .margin_right(22)
         .x_label_area_size(if panel.x_axis { 52 } else { 8 })
         .y_label_area_size(84);
+    let x = match panel.x {
+        XAxis::Depth => X_RANGE,
+        XAxis::Steps(lo, hi) => lo..hi,
+    };
     match panel.y {
-        YAxis::Linear(lo, hi) => {
-            fill_panel(builder.build_cartesian_2d(X_RANGE, lo..hi)?, panel, hi)
-        }
+        YAxis::Linear(lo, hi) => fill_panel(builder.build_cartesian_2d(x, lo..hi)?, panel, hi),
         YAxis::Log(lo, hi) => fill_panel(
-            builder.build_cartesian_2d(X_RANGE, (lo..hi).log_scale())?,
+            builder.build_cartesian_2d(x, (lo..hi).log_scale())?,
             panel,
             hi,
         ),
@@ -289,7 +328,10 @@ where
         )))?;
     }
     let no_label = |_: &f64| String::new();
-    let depth_label = |x: &f64| format!("{x:.1}");
+    let x_label = |x: &f64| match panel.x {
+        XAxis::Depth => format!("{x:.1}"),
+        XAxis::Steps(..) => tick(x.round()),
+    };
     let y_label = |y: &f64| tick(*y);
     let mut mesh = chart.configure_mesh();
     mesh.light_line_style(WHITE.mix(0.0))
@@ -297,13 +339,19 @@ where
         .axis_style(AXIS_TEXT)
         .label_style((FONT, 17).into_font().color(&AXIS_TEXT))
         .axis_desc_style((FONT, 18).into_font().color(&AXIS_TEXT))
-        .x_labels(11)
+        .x_labels(match panel.x {
+            XAxis::Depth => 11,
+            XAxis::Steps(..) => 6,
+        })
         .y_labels(6)
         .y_desc(panel.y_desc.as_str())
         .y_label_formatter(&y_label);
     if panel.x_axis {
-        mesh.x_desc("relative depth (layer / blocks)")
-            .x_label_formatter(&depth_label);
+        mesh.x_desc(match panel.x {
+            XAxis::Depth => "relative depth (layer / blocks)",
+            XAxis::Steps(..) => "training step (from the revision's name)",
+        })
+        .x_label_formatter(&x_label);
     } else {
         mesh.x_label_formatter(&no_label);
     }
@@ -399,6 +447,7 @@ fn task_plot(runs: &[&EvalResult], colour: &dyn Fn(&str) -> RGBColor) -> Result<
     let panel = Panel {
         y_desc: format!("{}{}", metric_label(first), if log { " (log)" } else { "" }),
         y: axis,
+        x: XAxis::Depth,
         series,
         shades: Vec::new(),
         x_axis: true,
@@ -476,6 +525,7 @@ fn analysis_plot(a: &AnalyzeResult, colour: RGBColor) -> Result<Plot> {
             } else {
                 YAxis::Linear(-0.03, 1.03)
             },
+            x: XAxis::Depth,
             series: runs
                 .iter()
                 .map(|(label, dashed, layers)| Series {

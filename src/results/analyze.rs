@@ -80,9 +80,11 @@ impl AnalyzeResult {
     }
 }
 
-/// Where the analysis of `model` goes: `DIR/<model>/analyze.json`.
+/// Where the analysis of `model` goes: `DIR/<model>/analyze.json`, the model's
+/// directory named as its eval results' are.
 pub fn result_path(dir: &Path, model: &str) -> PathBuf {
-    dir.join(model).join("analyze.json")
+    dir.join(crate::results::eval::file_safe(model))
+        .join("analyze.json")
 }
 
 /// Claims `model`'s analysis file under `dir` before the work starts, so a second

@@ -131,6 +131,29 @@ pub enum Body {
 }
 
 impl TaskSpec {
+    /// This task's settings under `opts`, known without its data: what its results
+    /// record.
+    pub fn settings(&self, opts: &TaskOptions) -> Settings {
+        let pool = |own: Option<Pool>, default| Some(opts.pool.or(own).unwrap_or(default));
+        let center = |own: Option<bool>| Some(opts.center.or(own).unwrap_or(false));
+        let (pool, center) = match &self.body {
+            Body::Classification { pool: own, .. } => (pool(*own, Pool::Mean), None),
+            Body::Retrieval {
+                pool: p, center: c, ..
+            }
+            | Body::Similarity {
+                pool: p, center: c, ..
+            } => (pool(*p, Pool::MeanSkipFirst), center(*c)),
+            Body::Generation(_) => (None, None),
+        };
+        Settings {
+            limit: opts.limit.or(self.limit),
+            seed: opts.seed,
+            pool,
+            center,
+        }
+    }
+
     /// The task's kind.
     pub fn kind(&self) -> Kind {
         match self.body {
@@ -301,24 +324,7 @@ pub fn load(name_or_path: &str) -> Result<LoadedTask> {
 impl LoadedTask {
     /// This task's settings under `opts`.
     pub fn settings(&self, opts: &TaskOptions) -> Settings {
-        let pool = |own: Option<Pool>, default| Some(opts.pool.or(own).unwrap_or(default));
-        let center = |own: Option<bool>| Some(opts.center.or(own).unwrap_or(false));
-        let (pool, center) = match &self.spec.body {
-            Body::Classification { pool: own, .. } => (pool(*own, Pool::Mean), None),
-            Body::Retrieval {
-                pool: p, center: c, ..
-            }
-            | Body::Similarity {
-                pool: p, center: c, ..
-            } => (pool(*p, Pool::MeanSkipFirst), center(*c)),
-            Body::Generation(_) => (None, None),
-        };
-        Settings {
-            limit: opts.limit.or(self.spec.limit),
-            seed: opts.seed,
-            pool,
-            center,
-        }
+        self.spec.settings(opts)
     }
 
     /// Every text this task feeds the model under `opts`, in order: the texts it
