@@ -24,6 +24,7 @@ use serde::Deserialize;
 use crate::commands::analyze::{Ablate, DEFAULT_MAX_TOKENS};
 use crate::commands::eval::EvalOptions;
 use crate::embeddings::pool::Pool;
+use crate::model::capture::BatchPlan;
 use crate::model::dtype::{DeviceSpec, Dtype};
 use crate::results::eval::{file_safe, result_file};
 use crate::tasks;
@@ -365,6 +366,7 @@ impl Sweep {
             },
             resamples: s.resamples,
             quiet,
+            plan: BatchPlan::on(s.device, None, None),
             ..EvalOptions::default()
         }
     }

@@ -335,7 +335,7 @@ fn run_unit(sweep: &Sweep, unit: &Unit, todo: &Pending, quiet: bool) -> Result<(
             max_tokens: a.max_tokens,
             ablate: s.ablate.clone(),
             encoding: sweep.eval_options(quiet).encoding,
-            plan: BatchPlan::default(),
+            plan: BatchPlan::on(engine.device, None, None),
             engine,
             out: sweep.results.clone(),
             quiet,
