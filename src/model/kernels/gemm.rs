@@ -14,6 +14,7 @@
 mod x86;
 
 use std::fmt;
+use std::ops::Range;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -397,24 +398,39 @@ unsafe fn amx(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, c: OutPtr) {
     let lda = 2 * kp;
     let a16 = bf16_rows(a, m, k, kp, m.next_multiple_of(2 * AMX_ROWS));
     let (mb, nb) = (4 * AMX_ROWS, 2 * PANELS_PER_BLOCK);
-    let panels = n.div_ceil(NR512);
+    for_blocks(m, n.div_ceil(NR512), mb, nb, |rows, panels| {
+        amx_configure();
+        // Row strips outside: a strip of 32 rows stays in L1 while panels pass.
+        for r in rows.step_by(2 * AMX_ROWS) {
+            let live = (2 * AMX_ROWS).min(m - r);
+            for j in panels.clone() {
+                let cols = NR512.min(n - j * NR512);
+                let (src, panel) = (a16.as_ptr().add(r * lda), b.as_ptr().add(j * kp * 64));
+                amx_block32(src, lda, panel, kp, c.at(r * n + j * NR512), n, live, cols);
+            }
+        }
+        amx_release();
+    });
+}
+
+/// Runs `block(rows, panels)` over an output of `m` rows by `panels` panels cut into
+/// blocks of `mb` rows by `nb` panels, the blocks in parallel.
+fn for_blocks(
+    m: usize,
+    panels: usize,
+    mb: usize,
+    nb: usize,
+    block: impl Fn(Range<usize>, Range<usize>) + Sync,
+) {
     let (row_blocks, col_blocks) = (m.div_ceil(mb), panels.div_ceil(nb));
     (0..row_blocks * col_blocks)
         .into_par_iter()
         .for_each(|blk| {
             let (rb, cb) = (blk / col_blocks, blk % col_blocks);
-            let rows = rb * mb..((rb + 1) * mb).min(m);
-            amx_configure();
-            // Row strips outside: a strip of 32 rows stays in L1 while panels pass.
-            for r in rows.clone().step_by(2 * AMX_ROWS) {
-                let live = (2 * AMX_ROWS).min(m - r);
-                for j in cb * nb..((cb + 1) * nb).min(panels) {
-                    let cols = NR512.min(n - j * NR512);
-                    let (src, panel) = (a16.as_ptr().add(r * lda), b.as_ptr().add(j * kp * 64));
-                    amx_block32(src, lda, panel, kp, c.at(r * n + j * NR512), n, live, cols);
-                }
-            }
-            amx_release();
+            block(
+                rb * mb..((rb + 1) * mb).min(m),
+                cb * nb..((cb + 1) * nb).min(panels),
+            );
         });
 }
 
@@ -468,15 +484,13 @@ fn tiles(
     c: OutPtr,
     tile: impl Fn(usize, usize, usize, *mut f32, usize) + Sync,
 ) {
-    let (mb, nb) = (mr * TILES_PER_BLOCK, PANELS_PER_BLOCK);
-    let panels = n.div_ceil(nr);
-    let (row_blocks, col_blocks) = (m.div_ceil(mb), panels.div_ceil(nb));
-    (0..row_blocks * col_blocks)
-        .into_par_iter()
-        .for_each(|blk| {
-            let (rb, cb) = (blk / col_blocks, blk % col_blocks);
-            let rows = rb * mb..((rb + 1) * mb).min(m);
-            for j in cb * nb..((cb + 1) * nb).min(panels) {
+    for_blocks(
+        m,
+        n.div_ceil(nr),
+        mr * TILES_PER_BLOCK,
+        PANELS_PER_BLOCK,
+        |rows, panels| {
+            for j in panels {
                 let cols = nr.min(n - j * nr);
                 for r in rows.clone().step_by(mr) {
                     // SAFETY: (r, j) lies inside the m x n output; tasks own disjoint blocks.
@@ -484,7 +498,8 @@ fn tiles(
                     tile(r, mr.min(rows.end - r), j, dst, cols);
                 }
             }
-        });
+        },
+    );
 }
 
 /// `[n, k]` row-major to panels of `nr` columns, each `[k][nr]`, zero-padded.
