@@ -127,8 +127,8 @@ struct EmitArgs {
     /// Slurm: the harness binary the tasks run [default: this one].
     #[arg(long)]
     harness: Option<PathBuf>,
-    /// Kubernetes: the container image holding harness.
-    #[arg(long, required_if_eq("scheduler", "k8s"))]
+    /// Kubernetes: the container image holding harness (required there).
+    #[arg(long)]
     image: Option<String>,
     /// Kubernetes: the PersistentVolumeClaim with the sweep file and its results.
     #[arg(long, default_value = "harness-results")]
@@ -159,7 +159,9 @@ impl EmitArgs {
             }),
             Scheduler::K8s => harness::sweep::command::Target::Kubernetes(emit::Kubernetes {
                 resources,
-                image: self.image.unwrap_or_default(),
+                image: self.image.ok_or_else(|| {
+                    anyhow::anyhow!("emit k8s needs --image, the container image holding harness")
+                })?,
                 claim: self.claim,
                 mount: self.mount,
             }),

@@ -291,6 +291,7 @@ fn emit_writes_the_job_and_refuses_bad_settings() {
             "--shards 3: the sweep has 2 unit(s)",
         ),
         (vec!["k8s", sweep, "--image", " "], "--image is empty"),
+        (vec!["k8s", sweep], "emit k8s needs --image"),
         (
             vec!["slurm", "/nonexistent/sweep.toml"],
             "cannot read sweep file",
