@@ -389,7 +389,7 @@ unsafe fn bf16_rows(a: &[f32], m: usize, k: usize, kp: usize, rows: usize) -> Ve
     a16
 }
 
-/// AMX product: blocks of 64 rows by 4 panels in parallel, each thread loading the
+/// AMX product: blocks of 64 rows by 8 panels in parallel, each thread loading the
 /// tile configuration once per block.
 #[cfg(target_arch = "x86_64")]
 unsafe fn amx(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, c: OutPtr) {
