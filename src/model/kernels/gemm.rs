@@ -221,7 +221,7 @@ impl PackedMatrix {
             (Kernel::Amx | Kernel::Avx512Bf16, _) => {
                 let kp = kernel.pairs(k).expect("a pair kernel");
                 Panels::Bf16(with_slice(w, |w: &[half::bf16]| {
-                    pack_pairs(bits(w), n, k, kp, nr)
+                    pack_pairs(bits(w), n, k, kp, kernel)
                 })?)
             }
             (_, DType::BF16) => Panels::Bf16(with_slice(w, |w: &[half::bf16]| {
@@ -249,16 +249,11 @@ impl PackedMatrix {
 
     /// The weight `[n, k]` in its type, unpacked.
     pub fn to_tensor(&self) -> Result<Tensor> {
-        let nr = self.kernel.nr();
         let (n, k) = (self.n, self.k);
         Ok(match &self.panels {
-            Panels::F32(p) => Tensor::from_vec(
-                unpack(p, n, k, nr, self.kernel.pairs(k)),
-                (n, k),
-                &Device::Cpu,
-            )?,
+            Panels::F32(p) => Tensor::from_vec(unpack(p, n, k, self.kernel), (n, k), &Device::Cpu)?,
             Panels::Bf16(p) => {
-                let w: Vec<half::bf16> = unpack(p, n, k, nr, self.kernel.pairs(k))
+                let w: Vec<half::bf16> = unpack(p, n, k, self.kernel)
                     .into_iter()
                     .map(half::bf16::from_bits)
                     .collect();
@@ -362,6 +357,23 @@ impl Kernel {
             _ => None,
         }
     }
+
+    /// Where a pair kernel's panel keeps column `c`'s inner value `p`. `vdpbf16ps`
+    /// reads `[pair][column][2]`; AMX reads the same cut into steps of 32 inner values
+    /// and 16-column halves, `[step][half][pair][16][2]`, so that each tile it loads
+    /// is 1 KiB of consecutive memory.
+    fn pair_offset(self, c: usize, p: usize) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self == Self::Amx {
+            let (half, col) = (c / x86::AMX_ROWS, c % x86::AMX_ROWS);
+            let (step, pair) = (p / (2 * x86::AMX_PAIRS), p % (2 * x86::AMX_PAIRS) / 2);
+            return step * x86::AMX_STEP
+                + half * x86::AMX_STEP / 2
+                + (pair * x86::AMX_ROWS + col) * 2
+                + p % 2;
+        }
+        (p / 2 * self.nr() + c) * 2 + p % 2
+    }
 }
 
 /// Rounds f32 values to bf16 in place (nearest, ties to even, as `half` does), on
@@ -389,28 +401,46 @@ unsafe fn bf16_rows(a: &[f32], m: usize, k: usize, kp: usize, rows: usize) -> Ve
     a16
 }
 
-/// AMX product: blocks of 64 rows by 8 panels in parallel, each thread loading the
+/// AMX product: `a` in bf16 tiles, then blocks of 128 rows by 4 panels in parallel,
+/// strip by strip within a block so a strip's tiles stay in L1 while its panels pass
+/// (the best of 64-1024 rows by 1-8 panels in the prototype). Each thread loads the
 /// tile configuration once per block.
 #[cfg(target_arch = "x86_64")]
 unsafe fn amx(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, c: OutPtr) {
     use x86::*;
-    let kp = Kernel::Amx.pairs(k).expect("AMX reads pairs");
-    let lda = 2 * kp;
-    let a16 = bf16_rows(a, m, k, kp, m.next_multiple_of(2 * AMX_ROWS));
-    let (mb, nb) = (4 * AMX_ROWS, 2 * PANELS_PER_BLOCK);
-    for_blocks(m, n.div_ceil(NR512), mb, nb, |rows, panels| {
-        amx_configure();
-        // Row strips outside: a strip of 32 rows stays in L1 while panels pass.
-        for r in rows.step_by(2 * AMX_ROWS) {
-            let live = (2 * AMX_ROWS).min(m - r);
-            for j in panels.clone() {
-                let cols = NR512.min(n - j * NR512);
-                let (src, panel) = (a16.as_ptr().add(r * lda), b.as_ptr().add(j * kp * 64));
-                amx_block32(src, lda, panel, kp, c.at(r * n + j * NR512), n, live, cols);
+    let steps = Kernel::Amx.pairs(k).expect("AMX reads pairs") / AMX_PAIRS;
+    let strip = 2 * AMX_ROWS;
+    // [strip][step][32 rows][32]: rows past `m` and values past `k` stay zero.
+    let mut a16 = vec![0u16; m.div_ceil(strip) * steps * AMX_STEP];
+    a16.par_chunks_mut(steps * AMX_STEP)
+        .zip(a.par_chunks(strip * k))
+        .for_each(|(tiles, rows)| {
+            for (r, row) in rows.chunks(k).enumerate() {
+                for (s, src) in row.chunks(2 * AMX_PAIRS).enumerate() {
+                    let at = s * AMX_STEP + r * 2 * AMX_PAIRS;
+                    x86::to_bf16_row(src, &mut tiles[at..at + 2 * AMX_PAIRS]);
+                }
             }
-        }
-        amx_release();
-    });
+        });
+    for_blocks(
+        m,
+        n.div_ceil(NR512),
+        4 * strip,
+        PANELS_PER_BLOCK,
+        |rows, panels| {
+            amx_configure();
+            for r in rows.step_by(strip) {
+                let live = strip.min(m - r);
+                let src = a16.as_ptr().add(r / strip * steps * AMX_STEP);
+                for j in panels.clone() {
+                    let cols = NR512.min(n - j * NR512);
+                    let panel = b.as_ptr().add(j * steps * AMX_STEP);
+                    amx_block32(src, panel, steps, c.at(r * n + j * NR512), n, live, cols);
+                }
+            }
+            amx_release();
+        },
+    );
 }
 
 /// Runs `block(rows, panels)` over an output of `m` rows by `panels` panels cut into
@@ -518,9 +548,10 @@ fn pack_panels<E: Copy + Default + Send + Sync>(w: &[E], n: usize, k: usize, nr:
     out
 }
 
-/// `[n, k]` bf16 to panels of `nr` columns, each `[kp][nr][2]` (`kp >= k/2` pairs): a column's two
-/// inner steps side by side, as `vdpbf16ps` pairs them; zero-padded.
-fn pack_pairs(w: &[u16], n: usize, k: usize, kp: usize, nr: usize) -> Vec<u16> {
+/// `[n, k]` bf16 to `kernel`'s panels of `nr` columns, `2 * kp` values per column
+/// (`kp >= k/2` pairs), each value where [`Kernel::pair_offset`] puts it; zero-padded.
+fn pack_pairs(w: &[u16], n: usize, k: usize, kp: usize, kernel: Kernel) -> Vec<u16> {
+    let nr = kernel.nr();
     let mut out = vec![0u16; n.div_ceil(nr) * nr * 2 * kp];
     out.par_chunks_mut(nr * 2 * kp)
         .enumerate()
@@ -528,27 +559,22 @@ fn pack_pairs(w: &[u16], n: usize, k: usize, kp: usize, nr: usize) -> Vec<u16> {
             for c in 0..nr.min(n - j * nr) {
                 let row = &w[(j * nr + c) * k..][..k];
                 for (p, &x) in row.iter().enumerate() {
-                    panel[(p / 2 * nr + c) * 2 + p % 2] = x;
+                    panel[kernel.pair_offset(c, p)] = x;
                 }
             }
         });
     out
 }
 
-/// The inverse of [`pack_panels`] (or of [`pack_pairs`] when `pairs` holds its `kp`).
-fn unpack<E: Copy + Default>(
-    panels: &[E],
-    n: usize,
-    k: usize,
-    nr: usize,
-    pairs: Option<usize>,
-) -> Vec<E> {
+/// The inverse of [`pack_panels`] or [`pack_pairs`], whichever packed for `kernel`.
+fn unpack<E: Copy + Default>(panels: &[E], n: usize, k: usize, kernel: Kernel) -> Vec<E> {
+    let nr = kernel.nr();
     let mut w = vec![E::default(); n * k];
     for (i, row) in w.chunks_mut(k).enumerate() {
         let (j, c) = (i / nr, i % nr);
         for (p, x) in row.iter_mut().enumerate() {
-            *x = if let Some(kp) = pairs {
-                panels[j * nr * 2 * kp + (p / 2 * nr + c) * 2 + p % 2]
+            *x = if let Some(kp) = kernel.pairs(k) {
+                panels[j * nr * 2 * kp + kernel.pair_offset(c, p)]
             } else {
                 panels[j * nr * k + p * nr + c]
             };
