@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
+pub mod exp;
 pub mod gemm;
 
 /// `x W^T` for rows `x: [m, k]` and a weight `w: [n, k]`. A bf16/f16 weight is
@@ -51,24 +52,11 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (m, n), &Device::Cpu)?)
 }
 
-/// The element-wise non-linearities, computed in f32 as the reference does.
+/// The gated MLPs' non-linearities, computed in f32 (see [`exp`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
     Silu,
     GeluTanh,
-}
-
-impl Act {
-    #[inline]
-    fn apply(self, x: f32) -> f32 {
-        match self {
-            Act::Silu => x / (1.0 + (-x).exp()),
-            Act::GeluTanh => {
-                const C: f32 = 0.797_884_6; // sqrt(2 / pi)
-                0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
-            }
-        }
-    }
 }
 
 /// `act(gate) * up` for rows `[n, 2 * inter]` holding gate then up; returns `[n, inter]`.
@@ -86,8 +74,9 @@ pub fn gated_act(h: &Tensor, inter: usize, act: Act) -> Result<Tensor> {
             .zip(h.par_chunks(width))
             .for_each(|(o, row)| {
                 let (gate, up) = row.split_at(inter);
-                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                    *o = act.apply(g) * u;
+                match act {
+                    Act::Silu => exp::silu_mul(o, gate, up),
+                    Act::GeluTanh => exp::gelu_tanh_mul(o, gate, up),
                 }
             })
     })?;
@@ -249,15 +238,7 @@ pub fn attention(
         }
         for (qi, row) in scores.chunks_mut(len).enumerate() {
             let first = spec.window.map_or(0, |w| (qi + 1).saturating_sub(w));
-            let visible = &mut row[first..=qi];
-            let max = visible.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0f32;
-            for x in visible.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            visible.iter_mut().for_each(|x| *x *= inv);
+            exp::softmax_in_place(&mut row[first..=qi]);
             row[..first].fill(0.0);
             row[qi + 1..].fill(0.0);
         }
