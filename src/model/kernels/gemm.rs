@@ -219,9 +219,8 @@ impl PackedMatrix {
         let panels = match (kernel, w.dtype()) {
             (Kernel::Portable, _) => return Ok(None),
             (Kernel::Amx | Kernel::Avx512Bf16, _) => {
-                let kp = kernel.pairs(k).expect("a pair kernel");
                 Panels::Bf16(with_slice(w, |w: &[half::bf16]| {
-                    pack_pairs(bits(w), n, k, kp, kernel)
+                    pack_pairs(bits(w), n, k, kernel)
                 })?)
             }
             (_, DType::BF16) => Panels::Bf16(with_slice(w, |w: &[half::bf16]| {
@@ -307,7 +306,7 @@ impl PackedMatrix {
             (Panels::Bf16(b), Kernel::Amx) => amx(a, b, m, n, k, out),
             (Panels::Bf16(b), Kernel::Avx512Bf16) => {
                 let kp = k.div_ceil(2);
-                let a16 = bf16_rows(a, m, k, kp, m);
+                let a16 = bf16_rows(a, m, k, kp);
                 tiles(m, n, MR512, NR512, out, |r, rows, j, c, cols| {
                     let t = Tile {
                         a: a16.as_ptr().add(r * 2 * kp),
@@ -389,22 +388,22 @@ pub fn round_bf16(values: &mut [f32]) {
     }
 }
 
-/// `m` f32 rows of `k` as bf16 rows of `2 * kp` (zero-padded), plus zero rows up to
-/// `rows`.
+/// `m` f32 rows of `k` as bf16 rows of `2 * kp` (zero-padded).
 #[cfg(target_arch = "x86_64")]
-unsafe fn bf16_rows(a: &[f32], m: usize, k: usize, kp: usize, rows: usize) -> Vec<u16> {
-    let mut a16 = vec![0u16; rows * 2 * kp];
-    a16[..m * 2 * kp]
-        .par_chunks_mut(2 * kp)
+unsafe fn bf16_rows(a: &[f32], m: usize, k: usize, kp: usize) -> Vec<u16> {
+    let mut a16 = vec![0u16; m * 2 * kp];
+    a16.par_chunks_mut(2 * kp)
         .zip(a.par_chunks(k))
         .for_each(|(d, s)| x86::to_bf16_row(s, d));
     a16
 }
 
 /// AMX product: `a` in bf16 tiles, then blocks of 128 rows by 4 panels in parallel,
-/// strip by strip within a block so a strip's tiles stay in L1 while its panels pass
-/// (the best of 64-1024 rows by 1-8 panels in the prototype). Each thread loads the
-/// tile configuration once per block.
+/// strip by strip within a block so a strip's tiles stay in cache while its panels
+/// pass. Blocks of 64-1024 rows by 1-16 panels were tried in a one-core prototype,
+/// 64-1024 by 1-8 per shape on two threads and 64-128 rows by 4-8 panels end to end;
+/// none was better than 128 x 4 on every shape beyond the machine's noise. Each thread
+/// loads the tile configuration once per block.
 #[cfg(target_arch = "x86_64")]
 unsafe fn amx(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, c: OutPtr) {
     use x86::*;
@@ -549,9 +548,10 @@ fn pack_panels<E: Copy + Default + Send + Sync>(w: &[E], n: usize, k: usize, nr:
 }
 
 /// `[n, k]` bf16 to `kernel`'s panels of `nr` columns, `2 * kp` values per column
-/// (`kp >= k/2` pairs), each value where [`Kernel::pair_offset`] puts it; zero-padded.
-fn pack_pairs(w: &[u16], n: usize, k: usize, kp: usize, kernel: Kernel) -> Vec<u16> {
-    let nr = kernel.nr();
+/// (`kp >= k/2` pairs, [`Kernel::pairs`]), each value where [`Kernel::pair_offset`]
+/// puts it; zero-padded.
+fn pack_pairs(w: &[u16], n: usize, k: usize, kernel: Kernel) -> Vec<u16> {
+    let (nr, kp) = (kernel.nr(), kernel.pairs(k).expect("a pair kernel"));
     let mut out = vec![0u16; n.div_ceil(nr) * nr * 2 * kp];
     out.par_chunks_mut(nr * 2 * kp)
         .enumerate()
@@ -568,12 +568,12 @@ fn pack_pairs(w: &[u16], n: usize, k: usize, kp: usize, kernel: Kernel) -> Vec<u
 
 /// The inverse of [`pack_panels`] or [`pack_pairs`], whichever packed for `kernel`.
 fn unpack<E: Copy + Default>(panels: &[E], n: usize, k: usize, kernel: Kernel) -> Vec<E> {
-    let nr = kernel.nr();
+    let (nr, pairs) = (kernel.nr(), kernel.pairs(k));
     let mut w = vec![E::default(); n * k];
     for (i, row) in w.chunks_mut(k).enumerate() {
         let (j, c) = (i / nr, i % nr);
         for (p, x) in row.iter_mut().enumerate() {
-            *x = if let Some(kp) = kernel.pairs(k) {
+            *x = if let Some(kp) = pairs {
                 panels[j * nr * 2 * kp + kernel.pair_offset(c, p)]
             } else {
                 panels[j * nr * k + p * nr + c]

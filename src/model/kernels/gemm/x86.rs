@@ -279,9 +279,9 @@ pub unsafe fn amx_release() {
 /// stored contiguously so each tile load reads 16 consecutive cache lines.
 pub const AMX_STEP: usize = 2 * AMX_ROWS * 2 * AMX_PAIRS;
 
-/// Steps ahead the block prefetches into L1: a tile load waits for its data, and a
-/// loaded tile cannot be reused before the product reading it ends (tiles are not
-/// renamed), so the hardware cannot run loads ahead by itself. Two steps ahead was
+/// Steps ahead the block prefetches into L1: a tile load waits for its data, and, as
+/// we read the prototype's timings, it also waits for the product still reading the
+/// tile it replaces, so loads do not run far ahead by themselves. Two steps ahead was
 /// the best of 0, 1, 2 and 4 in a one-core prototype (186-204 -> 225-241 GFLOP/s).
 const AMX_PREFETCH: usize = 2;
 
