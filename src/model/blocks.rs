@@ -390,15 +390,18 @@ impl Mlp {
         let h = self.up.forward(x, ops)?;
         let fused = self.act.fused().filter(|_| ops == Ops::Fused);
         let h = match (self.gated, fused) {
-            (true, Some(act)) => kernels::gated_act(&h, self.intermediate, act)?,
+            // Rounded row by row as each is made, saving a pass.
+            (true, Some(act)) => {
+                kernels::gated_act(&h, self.intermediate, act, |row| dtype.round_row(row))?
+            }
             (true, None) => {
                 let gate = h.narrow(D::Minus1, 0, self.intermediate)?;
                 let up = h.narrow(D::Minus1, self.intermediate, self.intermediate)?;
-                (self.act.apply(&gate)? * up)?
+                dtype.round(&(self.act.apply(&gate)? * up)?)?
             }
-            (false, _) => self.act.apply(&h)?,
+            (false, _) => dtype.round(&self.act.apply(&h)?)?,
         };
-        self.down.forward(&dtype.round(&h)?, ops)
+        self.down.forward(&h, ops)
     }
 }
 
@@ -696,7 +699,7 @@ impl Block {
     /// Norm outputs and the residual stream after each add are rounded to
     /// `call.dtype`, as the reference holds them in it.
     pub fn forward(&self, x: &Tensor, call: &BlockCall) -> Result<BlockOutput> {
-        let round = |t: &Tensor| call.dtype.round(t);
+        let add = |a: &Tensor, b: &Tensor| call.dtype.add(a, b);
         let norm = |n: &Norm, t: &Tensor| n.forward_in(t, call.dtype);
         let (attn_out, probs) = self.attn.forward(&norm(&self.attn_norm, x)?, call)?;
         let attn_out = match &self.post_attn_norm {
@@ -704,7 +707,7 @@ impl Block {
             None => attn_out,
         };
         let mlp_in = match self.residual {
-            Residual::Sequential => round(&(x + &attn_out)?)?,
+            Residual::Sequential => add(x, &attn_out)?,
             Residual::Parallel => x.clone(),
         };
         let mlp_out = self
@@ -719,8 +722,8 @@ impl Block {
             None => mlp_out,
         };
         let resid = match self.residual {
-            Residual::Sequential => round(&(mlp_in + &mlp_out)?)?,
-            Residual::Parallel => round(&(round(&(x + &attn_out)?)? + &mlp_out)?)?,
+            Residual::Sequential => add(&mlp_in, &mlp_out)?,
+            Residual::Parallel => add(&add(x, &attn_out)?, &mlp_out)?,
         };
         Ok(BlockOutput { resid, probs })
     }

@@ -59,8 +59,14 @@ pub enum Act {
     GeluTanh,
 }
 
-/// `act(gate) * up` for rows `[n, 2 * inter]` holding gate then up; returns `[n, inter]`.
-pub fn gated_act(h: &Tensor, inter: usize, act: Act) -> Result<Tensor> {
+/// `act(gate) * up` for rows `[n, 2 * inter]` holding gate then up; returns `[n, inter]`,
+/// each row passed to `finish` (a rounding) as it is made, while in cache.
+pub fn gated_act(
+    h: &Tensor,
+    inter: usize,
+    act: Act,
+    finish: impl Fn(&mut [f32]) + Sync,
+) -> Result<Tensor> {
     let (n, width) = h.dims2()?;
     if width != 2 * inter {
         bail!(
@@ -78,6 +84,7 @@ pub fn gated_act(h: &Tensor, inter: usize, act: Act) -> Result<Tensor> {
                     Act::Silu => exp::silu_mul(o, gate, up),
                     Act::GeluTanh => exp::gelu_tanh_mul(o, gate, up),
                 }
+                finish(o);
             })
     })?;
     Ok(Tensor::from_vec(out, (n, inter), &Device::Cpu)?)

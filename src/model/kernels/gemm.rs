@@ -8,9 +8,10 @@
 //! packing: [`super::matmul_t`] (`matrixmultiply`). `HARNESS_GEMM` forces one by
 //! name, for comparing them. Weights are cut into panels of `NR` output columns,
 //! each stored inner-dimension-major so a tile reads it front to back; the product
-//! runs blocks of rows by blocks of panels in parallel on rayon's pool.
+//! runs blocks of rows by blocks of panels in parallel on rayon's pool. Packed
+//! weights, AMX activations and outputs start on cache lines ([`aligned`]).
 
-mod aligned;
+pub mod aligned;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
