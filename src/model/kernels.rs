@@ -322,3 +322,79 @@ pub fn with_slice<T: candle_core::WithDType, R>(
     };
     Ok(f(&data[from..to]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Causal attention of one query, in f64: probabilities over all `len` keys.
+    fn reference_row(q: &[f32], ks: &[f32], scale: f32, qi: usize, first: usize) -> Vec<f64> {
+        let hd = q.len();
+        let len = ks.len() / hd;
+        let mut p = vec![0f64; len];
+        for j in first..=qi {
+            let dot: f64 = (0..hd).map(|d| q[d] as f64 * ks[j * hd + d] as f64).sum();
+            p[j] = dot * scale as f64;
+        }
+        let max = p[first..=qi].iter().cloned().fold(f64::MIN, f64::max);
+        let sum: f64 = p[first..=qi].iter().map(|x| (x - max).exp()).sum();
+        for x in &mut p[first..=qi] {
+            *x = (*x - max).exp() / sum;
+        }
+        p
+    }
+
+    /// [`attention`] with grouped heads, two sequences (one padded), an odd head
+    /// size and a sliding window, against the formula in f64.
+    #[test]
+    fn attention_matches_the_formula() {
+        let l = HeadLayout {
+            batch: 2,
+            len: 70,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 20,
+        };
+        let (t, hd) = (l.len, l.head_dim);
+        let lens = [t, 5];
+        let values = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
+        };
+        let q = values(l.batch * l.heads * t * hd, 1.0);
+        let k = values(l.batch * l.kv_heads * t * hd, 2.0);
+        let v = values(l.batch * l.kv_heads * t * hd, 3.0);
+        for window in [None, Some(9)] {
+            let spec = AttentionSpec {
+                layout: &l,
+                lens: &lens,
+                scale: 0.3,
+                window,
+                want_probs: true,
+            };
+            let (ctx, probs) = attention(&q, &k, &v, &spec).unwrap();
+            let ctx = ctx.to_vec2::<f32>().unwrap();
+            let all: Vec<f32> = probs.unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            for (seq, &len) in lens.iter().enumerate() {
+                for head in 0..l.heads {
+                    let kvh = head / (l.heads / l.kv_heads);
+                    let qs = &q[(seq * l.heads + head) * t * hd..][..len * hd];
+                    let ks = &k[(seq * l.kv_heads + kvh) * t * hd..][..len * hd];
+                    let vs = &v[(seq * l.kv_heads + kvh) * t * hd..][..len * hd];
+                    for qi in 0..len {
+                        let first = window.map_or(0, |w| (qi + 1).saturating_sub(w));
+                        let p = reference_row(&qs[qi * hd..][..hd], ks, 0.3, qi, first);
+                        let got_p = &all[((seq * l.heads + head) * t + qi) * t..][..len];
+                        for (g, w) in got_p.iter().zip(&p) {
+                            assert!((*g as f64 - w).abs() < 1e-6, "probs {seq} {head} {qi}");
+                        }
+                        for d in 0..hd {
+                            let want: f64 = (0..len).map(|j| p[j] * vs[j * hd + d] as f64).sum();
+                            let got = ctx[seq * t + qi][head * hd + d] as f64;
+                            assert!((got - want).abs() < 1e-5, "ctx {seq} {head} {qi} {d}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
