@@ -179,13 +179,29 @@ impl Weight {
 impl Linear {
     /// Loads `weight` (and `bias` when `bias` is set) stored as `[out, in]`.
     pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let part = Self::load_part(vb, in_dim, out_dim, bias)?;
+        Self::new(part.weight()?, part.bias)
+    }
+
+    /// [`Linear::load`] without packing the weight, for a part that
+    /// [`Linear::fuse`] joins and packs once: packing the parts too packed most of
+    /// a model's weights twice and unpacked them once.
+    pub fn load_part(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias {
             Some(vb.get(out_dim, "bias")?.to_dtype(DType::F32)?)
         } else {
             None
         };
-        Self::new(weight, bias)
+        Ok(Self::part(weight, bias))
+    }
+
+    /// A map whose weight stays a tensor until [`Linear::fuse`] packs the whole.
+    fn part(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: Weight::Dense(weight),
+            bias,
+        }
     }
 
     /// Loads a GPT-2 style `Conv1D`, whose weight is stored transposed as `[in, out]`.
@@ -251,14 +267,15 @@ impl Linear {
         self.bias.as_ref()
     }
 
-    /// Output rows `start..start + len` as a map of their own, for splitting fused
-    /// checkpoint projections.
+    /// Output rows `start..start + len` as a map of their own, unpacked (a part for
+    /// [`Linear::fuse`]), for splitting fused checkpoint projections.
     pub fn rows(&self, start: usize, len: usize) -> Result<Linear> {
         let bias = match &self.bias {
             Some(b) => Some(b.narrow(0, start, len)?),
             None => None,
         };
-        Self::new(self.weight()?.narrow(0, start, len)?.contiguous()?, bias)
+        let weight = self.weight()?.narrow(0, start, len)?.contiguous()?;
+        Ok(Self::part(weight, bias))
     }
 
     /// Applies the map to `[n, in]` rows. The output is rounded to the weight's
@@ -377,8 +394,8 @@ impl Mlp {
         act: Activation,
     ) -> Result<Self> {
         Self::gated(
-            Linear::load(vb.pp("gate_proj"), hidden, inter, false)?,
-            Linear::load(vb.pp("up_proj"), hidden, inter, false)?,
+            Linear::load_part(vb.pp("gate_proj"), hidden, inter, false)?,
+            Linear::load_part(vb.pp("up_proj"), hidden, inter, false)?,
             Linear::load(vb.pp("down_proj"), inter, hidden, false)?,
             act,
         )
@@ -570,7 +587,7 @@ impl Attention {
     }
 
     /// Llama-style `q_proj`, `k_proj`, `v_proj`, `o_proj` parts; `bias` applies to
-    /// q/k/v only, as in Qwen2.
+    /// q/k/v only, as in Qwen2. q/k/v stay unpacked: [`Attention::new`] fuses them.
     pub fn load_parts(
         vb: &VarBuilder,
         hidden: usize,
@@ -580,9 +597,9 @@ impl Attention {
         bias: bool,
     ) -> Result<(Linear, Linear, Linear, Linear)> {
         Ok((
-            Linear::load(vb.pp("q_proj"), hidden, num_heads * head_dim, bias)?,
-            Linear::load(vb.pp("k_proj"), hidden, num_kv_heads * head_dim, bias)?,
-            Linear::load(vb.pp("v_proj"), hidden, num_kv_heads * head_dim, bias)?,
+            Linear::load_part(vb.pp("q_proj"), hidden, num_heads * head_dim, bias)?,
+            Linear::load_part(vb.pp("k_proj"), hidden, num_kv_heads * head_dim, bias)?,
+            Linear::load_part(vb.pp("v_proj"), hidden, num_kv_heads * head_dim, bias)?,
             Linear::load(vb.pp("o_proj"), num_heads * head_dim, hidden, false)?,
         ))
     }
