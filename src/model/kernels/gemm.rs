@@ -416,7 +416,8 @@ unsafe fn amx(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, c: OutPtr) {
     use x86::*;
     let steps = Kernel::Amx.pairs(k).expect("AMX reads pairs") / AMX_PAIRS;
     let strip = 2 * AMX_ROWS;
-    // [strip][step][32 rows][32]: rows past `m` and values past `k` stay zero.
+    // [strip][step][32 rows][32]: rows past `m` stay zero; `to_bf16_tile_row` writes
+    // the zeros past `k`.
     let mut a16 = Aligned::<u16>::zeroed(m.div_ceil(strip) * steps * AMX_STEP);
     a16.par_chunks_mut(steps * AMX_STEP)
         .zip(a.par_chunks(strip * k))
