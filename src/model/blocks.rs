@@ -7,10 +7,9 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 use candle_nn::VarBuilder;
-use rayon::prelude::*;
 
 use super::dtype::Dtype;
-use super::kernels::gemm::PackedMatrix;
+use super::kernels::gemm::{Finish, PackedMatrix};
 use super::kernels::with_slice;
 use super::{kernels, tensor_ops};
 
@@ -120,25 +119,23 @@ impl Norm {
         let w = self.weight.to_vec1::<f32>()?;
         let (dim, eps, twice) = (w.len(), self.eps, self.weight_in_activation_type);
         let out = with_slice(x, |x: &[f32]| {
-            let mut out = vec![0f32; x.len()];
-            out.par_chunks_mut(dim)
-                .zip(x.par_chunks(dim))
-                .for_each(|(o, x)| {
-                    let m = (x.iter().map(|v| v * v).sum::<f32>() / dim as f32 + eps).sqrt();
-                    if twice {
-                        // Llama: normalised (weight 1), rounded, then weighted.
-                        o.iter_mut().zip(x).for_each(|(o, x)| *o = x / m * 1.0);
-                        dtype.round_row(o);
-                        o.iter_mut().zip(&w).for_each(|(o, w)| *o *= w);
-                    } else {
-                        o.iter_mut()
-                            .zip(x)
-                            .zip(&w)
-                            .for_each(|((o, x), w)| *o = x / m * w);
-                    }
+            kernels::par_filled(x.len(), dim, |start, o| {
+                let x = &x[start..][..dim];
+                let m = (x.iter().map(|v| v * v).sum::<f32>() / dim as f32 + eps).sqrt();
+                // Llama: normalised (weight 1), rounded, then weighted.
+                let scale = |w: &f32| if twice { 1.0 } else { *w };
+                o.iter_mut()
+                    .zip(x)
+                    .zip(&w)
+                    .for_each(|((o, x), w)| _ = o.write(x / m * scale(w)));
+                // SAFETY: every value was just written.
+                let o = unsafe { kernels::written(o) };
+                if twice {
                     dtype.round_row(o);
-                });
-            out
+                    o.iter_mut().zip(&w).for_each(|(o, w)| *o *= w);
+                }
+                dtype.round_row(o);
+            })
         })?;
         Ok(Tensor::from_vec(out, x.shape(), x.device())?)
     }
@@ -282,18 +279,15 @@ impl Linear {
     /// type, as a product in that type (accumulated in f32) would be.
     pub fn forward(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
         let (y, dtype) = match (&self.weight, ops) {
-            // The packed product's buffer is ours: bias and rounding go in place.
+            // The packed product adds the bias and rounds block by block, in cache;
+            // packed weights are f32 or bf16 (`Kernel::reads`).
             (Weight::Packed(p, dtype), Ops::Fused) => {
-                let dtype = Dtype::from_candle(*dtype)?;
                 let bias = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
-                return p.matmul_t_then(x, |y| {
-                    if let Some(b) = &bias {
-                        for row in y.chunks_mut(b.len()) {
-                            row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-                        }
-                    }
-                    dtype.round_in_place(y);
-                });
+                let finish = Finish {
+                    bias: bias.as_deref(),
+                    round_bf16: *dtype == DType::BF16,
+                };
+                return p.matmul_t_then(x, finish);
             }
             (Weight::Dense(w), ops) => (ops.matmul_t(x, w)?, w.dtype()),
             // Only the tests run the tensor ops on the CPU, where weights are packed:

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::kernels::gemm::round_bf16;
-use super::kernels::with_slice;
+use super::kernels::{par_filled, with_slice, written};
 
 /// Values per parallel task when rounding a buffer: 16 KiB, so a chunk copied is
 /// still in L1 when it is rounded.
@@ -102,19 +102,11 @@ impl Dtype {
         len: usize,
         fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
     ) -> Vec<f32> {
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        out.spare_capacity_mut()[..len]
-            .par_chunks_mut(ROUND_CHUNK)
-            .enumerate()
-            .for_each(|(i, dst)| {
-                fill(i * ROUND_CHUNK, dst);
-                // SAFETY: `fill` wrote every element of `dst`.
-                let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
-                self.round_row(dst);
-            });
-        // SAFETY: the chunks covered all `len` elements.
-        unsafe { out.set_len(len) };
-        out
+        par_filled(len, ROUND_CHUNK, |start, dst| {
+            fill(start, dst);
+            // SAFETY: `fill` wrote every value of `dst`.
+            self.round_row(unsafe { written(dst) });
+        })
     }
 
     /// Rounds f32 values to this type in place, in parallel chunks.

@@ -6,6 +6,8 @@
 //! compute attention only for real (unpadded) query rows and visible keys, and
 //! write results straight into the layout the next step reads.
 
+use std::mem::MaybeUninit;
+
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
@@ -52,6 +54,34 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (m, n), &Device::Cpu)?)
 }
 
+/// A new vector of `len` floats made in parallel, `chunk` at a time: `fill(start,
+/// values)` must write every value of the chunk that starts at `start`, then may read
+/// them back through [`written`]. The buffer is not zeroed first: zeroing the
+/// activation buffers (a `memset` each, evicting what the next pass reads) was 5% of
+/// a bf16 embed of SmolLM2 (perf, docs/benchmarks.md).
+pub fn par_filled(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, dst)| fill(i * chunk, dst));
+    // SAFETY: `fill` wrote every value of every chunk, and the chunks cover `len`.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// `values` once every one has been written.
+///
+/// # Safety
+/// Every value of `values` was written.
+pub unsafe fn written(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32])
+}
+
 /// The gated MLPs' non-linearities, computed in f32 (see [`exp`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
@@ -74,18 +104,15 @@ pub fn gated_act(
             2 * inter
         );
     }
-    let mut out = vec![0f32; n * inter];
-    with_f32(h, |h| {
-        out.par_chunks_mut(inter)
-            .zip(h.par_chunks(width))
-            .for_each(|(o, row)| {
-                let (gate, up) = row.split_at(inter);
-                match act {
-                    Act::Silu => exp::silu_mul(o, gate, up),
-                    Act::GeluTanh => exp::gelu_tanh_mul(o, gate, up),
-                }
-                finish(o);
-            })
+    let out = with_f32(h, |h| {
+        par_filled(n * inter, inter, |start, o| {
+            let (gate, up) = h[start / inter * width..][..width].split_at(inter);
+            let o = match act {
+                Act::Silu => exp::silu_mul(o, gate, up),
+                Act::GeluTanh => exp::gelu_tanh_mul(o, gate, up),
+            };
+            finish(o);
+        })
     })?;
     Ok(Tensor::from_vec(out, (n, inter), &Device::Cpu)?)
 }
@@ -129,34 +156,32 @@ pub fn split_heads(
     if qkv.dims2()? != (b * t, width) {
         bail!("split_heads: unexpected input shape {:?}", qkv.dims());
     }
-    let mut q = vec![0f32; b * l.heads * t * hd];
-    let mut k = vec![0f32; b * l.kv_heads * t * hd];
-    let mut v = vec![0f32; b * l.kv_heads * t * hd];
     with_f32(qkv, |src| {
         // Each output chunk is one (sequence, head) pair: `t` rows of `hd` channels.
-        let fill =
-            |out: &mut [f32], heads: usize, first: usize, norm: Option<&HeadNorm>, rotate: bool| {
-                out.par_chunks_mut(t * hd)
-                    .enumerate()
-                    .for_each(|(bh, chunk)| {
-                        let (seq, head) = (bh / heads, bh % heads);
-                        for (pos, dst) in chunk.chunks_mut(hd).enumerate() {
-                            let row = &src[(seq * t + pos) * width..][..width];
-                            dst.copy_from_slice(&row[(first + head) * hd..][..hd]);
-                            if let Some(n) = norm {
-                                rms_normalize(dst, n);
-                            }
-                            if let (true, Some(r)) = (rotate, &rope) {
-                                apply_rope(dst, r, pos);
-                            }
-                        }
-                    });
-            };
-        fill(&mut q, l.heads, 0, q_norm.as_ref(), true);
-        fill(&mut k, l.kv_heads, l.heads, k_norm.as_ref(), true);
-        fill(&mut v, l.kv_heads, l.heads + l.kv_heads, None, false);
-    })?;
-    Ok((q, k, v))
+        let split = |heads: usize, first: usize, norm: Option<&HeadNorm>, rotate: bool| {
+            par_filled(b * heads * t * hd, t * hd, |start, chunk| {
+                let bh = start / (t * hd);
+                let (seq, head) = (bh / heads, bh % heads);
+                for (pos, dst) in chunk.chunks_mut(hd).enumerate() {
+                    let row = &src[(seq * t + pos) * width..][..width];
+                    dst.write_copy_of_slice(&row[(first + head) * hd..][..hd]);
+                    // SAFETY: just written.
+                    let dst = unsafe { written(dst) };
+                    if let Some(n) = norm {
+                        rms_normalize(dst, n);
+                    }
+                    if let (true, Some(r)) = (rotate, &rope) {
+                        apply_rope(dst, r, pos);
+                    }
+                }
+            })
+        };
+        (
+            split(l.heads, 0, q_norm.as_ref(), true),
+            split(l.kv_heads, l.heads, k_norm.as_ref(), true),
+            split(l.kv_heads, l.heads + l.kv_heads, None, false),
+        )
+    })
 }
 
 fn rms_normalize(x: &mut [f32], n: &HeadNorm) {

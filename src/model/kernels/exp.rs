@@ -10,16 +10,21 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
-/// `silu(g) * u` element-wise into `out`: `g / (1 + e^-g) * u`.
-pub fn silu_mul(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    sigmoid_mul(out, gate, up, true);
+/// `silu(g) * u` element-wise into `out`: `g / (1 + e^-g) * u`. Returns `out`, written.
+pub fn silu_mul<'a>(out: &'a mut [MaybeUninit<f32>], gate: &[f32], up: &[f32]) -> &'a mut [f32] {
+    sigmoid_mul(out, gate, up, true)
 }
 
 /// `gelu_tanh(g) * u` element-wise into `out`. `0.5 g (1 + tanh(c (g + 0.044715 g^3)))`
 /// equals `g / (1 + e^(-2 c (g + 0.044715 g^3)))`, so it shares SiLU's loop.
-pub fn gelu_tanh_mul(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    sigmoid_mul(out, gate, up, false);
+pub fn gelu_tanh_mul<'a>(
+    out: &'a mut [MaybeUninit<f32>],
+    gate: &[f32],
+    up: &[f32],
+) -> &'a mut [f32] {
+    sigmoid_mul(out, gate, up, false)
 }
 
 /// `row <- softmax(row)`: `e^(x - max)` over the row, divided by its sum.
@@ -41,21 +46,34 @@ pub fn softmax_in_place(row: &mut [f32]) {
 
 /// SiLU when `silu`, else tanh-GELU: the sigmoid's argument is `g` or
 /// `2c (g + 0.044715 g^3)`. Without AVX-512, the reference formulas value by value.
-fn sigmoid_mul(out: &mut [f32], gate: &[f32], up: &[f32], silu: bool) {
+fn sigmoid_mul<'a>(
+    out: &'a mut [MaybeUninit<f32>],
+    gate: &[f32],
+    up: &[f32],
+    silu: bool,
+) -> &'a mut [f32] {
     assert!(out.len() == gate.len() && out.len() == up.len());
     #[cfg(target_arch = "x86_64")]
     if avx512() {
-        // SAFETY: the CPU has AVX-512F; the slices have equal lengths.
-        return unsafe { x86::sigmoid_mul(out, gate, up, silu) };
+        // SAFETY: the CPU has AVX-512F; the slices have equal lengths; the kernel
+        // writes every value of `out`.
+        return unsafe {
+            x86::sigmoid_mul(out.as_mut_ptr() as *mut f32, gate, up, silu);
+            super::written(out)
+        };
     }
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = if silu {
-            g / (1.0 + (-g).exp())
-        } else {
-            const C: f32 = 0.797_884_6; // sqrt(2 / pi)
-            0.5 * g * (1.0 + (C * (g + 0.044_715 * g * g * g)).tanh())
-        } * u;
+        o.write(
+            if silu {
+                g / (1.0 + (-g).exp())
+            } else {
+                const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+                0.5 * g * (1.0 + (C * (g + 0.044_715 * g * g * g)).tanh())
+            } * u,
+        );
     }
+    // SAFETY: the loop wrote every value.
+    unsafe { super::written(out) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -116,13 +134,15 @@ mod x86 {
         }
     }
 
+    /// Writes `gate.len()` values from `out`.
+    ///
     /// # Safety
-    /// AVX-512F present; equal lengths.
+    /// AVX-512F present; `up` as long as `gate`; `out` has room for them.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn sigmoid_mul(out: &mut [f32], gate: &[f32], up: &[f32], silu: bool) {
+    pub unsafe fn sigmoid_mul(out: *mut f32, gate: &[f32], up: &[f32], silu: bool) {
         let one = _mm512_set1_ps(1.0);
-        for i in (0..out.len()).step_by(16) {
-            let n = (out.len() - i).min(16);
+        for i in (0..gate.len()).step_by(16) {
+            let n = (gate.len() - i).min(16);
             let g = load(gate.as_ptr().add(i), n);
             let u = load(up.as_ptr().add(i), n);
             let arg = if silu {
@@ -135,7 +155,7 @@ mod x86 {
             };
             let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), arg));
             let s = _mm512_div_ps(g, _mm512_add_ps(one, e));
-            _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), mask(n), _mm512_mul_ps(s, u));
+            _mm512_mask_storeu_ps(out.add(i), mask(n), _mm512_mul_ps(s, u));
         }
     }
 
@@ -208,8 +228,8 @@ mod tests {
     fn activations_and_softmax_match_the_scalar_formulas() {
         let g = inputs();
         let u: Vec<f32> = (0..g.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
-        let mut out = vec![0f32; g.len()];
-        silu_mul(&mut out, &g, &u);
+        let mut buf = vec![MaybeUninit::uninit(); g.len()];
+        let out = silu_mul(&mut buf, &g, &u);
         for ((&o, &g), &u) in out.iter().zip(&g).zip(&u) {
             let want = g as f64 / (1.0 + (-g as f64).exp()) * u as f64;
             assert!(
@@ -217,7 +237,7 @@ mod tests {
                 "silu({g})"
             );
         }
-        gelu_tanh_mul(&mut out, &g, &u);
+        let out = gelu_tanh_mul(&mut buf, &g, &u);
         for ((&o, &g), &u) in out.iter().zip(&g).zip(&u) {
             let g64 = g as f64;
             let inner = (2.0 / std::f64::consts::PI).sqrt() * (g64 + 0.044_715 * g64.powi(3));
