@@ -470,60 +470,72 @@ unsafe fn bf16_rows(a: &[f32], m: usize, k: usize, kp: usize) -> Vec<u16> {
 /// panels at k = 576 and 9 at k = 1536, about this much.
 const AMX_PANEL_BYTES: usize = 864 << 10;
 
-/// AMX product: `a` in bf16 tiles, then tasks of one strip of 32 rows by a chunk of
-/// panels ([`AMX_PANEL_BYTES`]), chunk by chunk, so each thread keeps its chunk in L2
-/// while the strips pass. Against the earlier blocks of 128 rows by 4 panels, in a
-/// one-core prototype (medians of 15 interleaved runs, GFLOP/s): 548 -> 983 at
-/// 4096 x 960 x 576, 694 -> 937 at 4096 x 3072 x 576, 712 -> 785 at 4096 x 576 x 1536.
+/// AMX product: tasks of one strip of 32 rows by a chunk of panels
+/// ([`AMX_PANEL_BYTES`]), chunk by chunk, so each thread keeps its chunk in L2 while the
+/// strips pass. Against the earlier blocks of 128 rows by 4 panels, in a one-core
+/// prototype (medians of 15 interleaved runs, GFLOP/s): 548 -> 983 at 4096 x 960 x
+/// 576, 694 -> 937 at 4096 x 3072 x 576, 712 -> 785 at 4096 x 576 x 1536.
+///
+/// Each task converts its strip to bf16 tiles itself, into a buffer of its thread that
+/// stays in L1 while the chunk's panels pass over it. Against converting the whole
+/// input first (one pass, tiles read back from memory by the tasks), at the model's
+/// 1,024-row batches (medians of 15 interleaved runs, 1 thread, GFLOP/s): 650 -> 777
+/// at n x k = 576 x 576, 681 -> 698 at 576 x 1536, 774 -> 815 at 960 x 576, 839 -> 830
+/// at 3072 x 576, where the strip is converted four times, once per chunk.
 #[cfg(target_arch = "x86_64")]
 unsafe fn amx(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, out: Out) {
     use x86::*;
     let steps = Kernel::Amx.pairs(k).expect("AMX reads pairs") / AMX_PAIRS;
     let strip = 2 * AMX_ROWS;
-    // [strip][step][32 rows][32]; `to_bf16_tile_row` writes the zeros past `k`. Rows
-    // past `m` keep whatever an earlier product left: they only make output rows that
-    // are never stored.
-    with_amx_tiles(m.div_ceil(strip) * steps * AMX_STEP, |a16| {
-        a16.par_chunks_mut(steps * AMX_STEP)
-            .zip(a.par_chunks(strip * k))
-            .for_each(|(tiles, rows)| {
-                for (r, row) in rows.chunks(k).enumerate() {
-                    to_bf16_tile_row(row, tiles.as_mut_ptr().add(r * 2 * AMX_PAIRS));
-                }
-            });
-        let panels = n.div_ceil(NR512);
-        let panel_bytes = steps * AMX_STEP * size_of::<u16>();
-        let chunks = panels.div_ceil((AMX_PANEL_BYTES / panel_bytes).max(1));
-        let per_chunk = panels.div_ceil(chunks);
-        let strips = m.div_ceil(strip);
-        (0..chunks * strips).into_par_iter().for_each(|task| {
-            let (chunk, s) = (task / strips, task % strips);
-            let (r, live) = (s * strip, strip.min(m - s * strip));
-            let src = a16.as_ptr().add(s * steps * AMX_STEP);
+    let panels = n.div_ceil(NR512);
+    let panel_bytes = steps * AMX_STEP * size_of::<u16>();
+    let chunks = panels.div_ceil((AMX_PANEL_BYTES / panel_bytes).max(1));
+    let per_chunk = panels.div_ceil(chunks);
+    let strips = m.div_ceil(strip);
+    (0..chunks * strips).into_par_iter().for_each(|task| {
+        let (chunk, s) = (task / strips, task % strips);
+        let (r, live) = (s * strip, strip.min(m - s * strip));
+        // [step][32 rows][32]; `to_bf16_tile_row` writes the zeros past `k`. Rows past
+        // `live` keep whatever an earlier strip left: they only make output rows that
+        // are never stored.
+        with_amx_tiles(steps * AMX_STEP, |tiles| {
+            for (i, row) in a[r * k..(r + live) * k].chunks(k).enumerate() {
+                to_bf16_tile_row(row, tiles.as_mut_ptr().add(i * 2 * AMX_PAIRS));
+            }
             amx_configure();
-            for j in chunk * per_chunk..((chunk + 1) * per_chunk).min(panels) {
-                let cols = NR512.min(n - j * NR512);
-                let panel = b.as_ptr().add(j * steps * AMX_STEP);
-                amx_block32(
-                    src,
-                    panel,
-                    steps,
-                    out.ptr.at(r * n + j * NR512),
-                    n,
-                    live,
-                    cols,
-                );
-                out.made(r, live, j * NR512, cols, n);
+            // Each block's sums go to a buffer, and the previous block is finished
+            // into the output while this one's products run. Rounding each block
+            // straight after storing it waited on those stores: it took 17-23% off a
+            // one-thread 1024 x 960 x 576 product, and this way about 1% (in-process,
+            // medians of 15 interleaved runs).
+            let zero = || AmxBlock([0.0; 2 * AMX_ROWS * NR512]);
+            let mut blocks = [zero(), zero()];
+            let mut last: Option<(usize, usize, usize)> = None;
+            let finish = |block: &AmxBlock, j: usize, cols: usize| {
+                let bias = out.finish.bias.map(|b| &b[j * NR512..][..cols]);
+                let c = out.ptr.at(r * n + j * NR512);
+                amx_finish32(block, c, n, live, cols, bias, out.finish.round_bf16);
+            };
+            for (i, j) in (chunk * per_chunk..((chunk + 1) * per_chunk).min(panels)).enumerate() {
+                amx_block32(tiles.as_ptr(), b.as_ptr().add(j * steps * AMX_STEP), steps);
+                if let Some((pi, pj, pc)) = last {
+                    finish(&blocks[pi % 2], pj, pc);
+                }
+                amx_store32(&mut blocks[i % 2]);
+                last = Some((i, j, NR512.min(n - j * NR512)));
+            }
+            if let Some((pi, pj, pc)) = last {
+                finish(&blocks[pi % 2], pj, pc);
             }
             amx_release();
         });
     });
 }
 
-/// Calls `f` with this thread's buffer for AMX activation tiles, grown to `len`. Kept
-/// between products: a fresh zeroed buffer per product was a `memset` of the whole
-/// activation, 1.6% of a bf16 embed of SmolLM2 (perf). A product nested in another
-/// on this thread (rayon runs other jobs while it waits) gets a buffer of its own.
+/// Calls `f` with this thread's buffer for AMX activation tiles, grown to `len` and
+/// kept between tasks: a fresh zeroed buffer per product was a `memset` of the whole
+/// activation, 1.6% of a bf16 embed of SmolLM2 (perf). Should a task ever run inside
+/// another on one thread, the inner one gets a buffer of its own.
 #[cfg(target_arch = "x86_64")]
 fn with_amx_tiles(len: usize, f: impl FnOnce(&mut [u16])) {
     use std::cell::RefCell;

@@ -189,9 +189,9 @@ pub unsafe fn to_bf16_row(src: &[f32], dst: &mut [u16]) {
 
 /// Rounds one f32 row to bf16 (nearest, ties to even, as [`to_bf16_row`]) into AMX
 /// activation tiles: its pieces of 32 values go [`AMX_STEP`] apart from `dst`, the
-/// last zero-padded, each piece one 64-byte store. The pass is bound by memory: it
-/// was 15-17% of a one-thread 4096 x 960 x 576 product (perf) both this way and
-/// through [`to_bf16_row`] per piece.
+/// last zero-padded, each piece one 64-byte store. As a pass over the whole input it
+/// was bound by memory, 15-17% of a one-thread 4096 x 960 x 576 product (perf), so
+/// each AMX task now converts its own strip, into tiles that stay in L1.
 ///
 /// # Safety
 /// AVX-512F and AVX512_BF16 present; `dst` has room for `src.len().div_ceil(32)`
@@ -237,16 +237,18 @@ pub const AMX_ROWS: usize = 16;
 /// bf16 pairs of the inner dimension one AMX product consumes (32 inner steps).
 pub const AMX_PAIRS: usize = 16;
 
-/// Whether AMX tiles can be used here: the CPU has AMX-TILE and AMX-BF16 and Linux
-/// granted this process the tile state, which it leaves off until asked
-/// (`ARCH_REQ_XCOMP_PERM`); a tile instruction without that grant is SIGILL. Asked once.
+/// Whether AMX tiles can be used here: the CPU has AMX-TILE and AMX-BF16, the AVX-512
+/// BF16 conversions the AMX product uses around its tiles, and Linux granted this
+/// process the tile state, which it leaves off until asked (`ARCH_REQ_XCOMP_PERM`); a
+/// tile instruction without that grant is SIGILL. Asked once.
 pub fn amx_ready() -> bool {
     static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *READY.get_or_init(|| {
         // CPUID leaf 7 exists on every x86-64 CPU recent enough to matter here.
         let leaf7 = __cpuid_count(7, 0);
         let (bf16, tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
-        bf16 && tile && request_tile_state()
+        let avx = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16");
+        bf16 && tile && avx && request_tile_state()
     })
 }
 
@@ -306,29 +308,19 @@ pub unsafe fn amx_release() {
 /// stored contiguously so each tile load reads 16 consecutive cache lines.
 pub const AMX_STEP: usize = 2 * AMX_ROWS * 2 * AMX_PAIRS;
 
-/// One 32 x 32 block of `x W^T` on AMX: tiles 0-3 hold the four 16 x 16 sums, 4-5 the
-/// two 16-row halves of a step of `a`, 6-7 the step's two 16-column halves of the
-/// panel, and each step (32 inner values) is four `tdpbf16ps`. Both operands are laid
-/// out step by step, [`AMX_STEP`] values each: `a` as `[step][32 rows][32]` (zero rows
-/// past the matrix, zeros past `k`), the panel as `[step][2 halves][16 pairs][16][2]`.
-/// Only `rows x cols` of the output are written, through `scratch` when the block is
-/// partial. Every tile row should start a cache line (`a`, `b`, `c` and `ldc * 4` on
-/// 64 bytes): rows across two lines made the product about 3x slower. No software
-/// prefetch: with aligned operands, prefetching both two steps ahead cost 12% (983
-/// -> 868 GFLOP/s, one-core prototype).
+/// One 32 x 32 block of `x W^T` on AMX, left in tiles 0-3 (the four 16 x 16 sums) for
+/// [`amx_store32`]; 4-5 hold the two 16-row halves of a step of `a`, 6-7 the step's two
+/// 16-column halves of the panel, and each step (32 inner values) is four
+/// `tdpbf16ps`. Both operands are laid out step by step, [`AMX_STEP`] values each: `a`
+/// as `[step][32 rows][32]` (zeros past `k`), the panel as `[step][2 halves][16
+/// pairs][16][2]`. Every tile row should start a cache line (`a` and `b` on 64
+/// bytes): rows across two lines made the product about 3x slower. No software
+/// prefetch: with aligned operands, prefetching both two steps ahead cost 12% (983 ->
+/// 868 GFLOP/s, one-core prototype).
 ///
 /// # Safety
-/// [`amx_configure`] ran on this thread; `a` and `b` hold `steps * AMX_STEP` bf16;
-/// `c` has `rows <= 32` rows `ldc` apart of `cols <= 32` floats.
-pub unsafe fn amx_block32(
-    a: *const u16,
-    b: *const u16,
-    steps: usize,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-) {
+/// [`amx_configure`] ran on this thread; `a` and `b` hold `steps * AMX_STEP` bf16.
+pub unsafe fn amx_block32(a: *const u16, b: *const u16, steps: usize) {
     use std::arch::asm;
     const HALF: usize = AMX_STEP / 2;
     asm!(
@@ -357,23 +349,18 @@ pub unsafe fn amx_block32(
             options(nostack, readonly),
         );
     }
-    if rows == 2 * AMX_ROWS && cols == NR512 {
-        store_tiles(c, ldc);
-    } else {
-        let mut scratch = [0f32; 2 * AMX_ROWS * NR512];
-        store_tiles(scratch.as_mut_ptr(), NR512);
-        for r in 0..rows {
-            std::ptr::copy_nonoverlapping(scratch.as_ptr().add(r * NR512), c.add(r * ldc), cols);
-        }
-    }
 }
 
-/// Stores tiles 0-3 as a 32 x 32 block of f32 rows `ld` apart.
+/// A 32 x 32 block of f32 sums, on a cache line.
+#[repr(C, align(64))]
+pub struct AmxBlock(pub [f32; 2 * AMX_ROWS * NR512]);
+
+/// Stores tiles 0-3 (made by [`amx_block32`]) into `block`.
 ///
 /// # Safety
-/// Tiles are configured; `c` has 32 rows `ld` apart of 32 floats.
-#[inline(always)]
-unsafe fn store_tiles(c: *mut f32, ld: usize) {
+/// [`amx_configure`] ran on this thread.
+pub unsafe fn amx_store32(block: &mut AmxBlock) {
+    let c = block.0.as_mut_ptr();
     std::arch::asm!(
         "tilestored [{c00} + {s}*1], tmm0",
         "tilestored [{c01} + {s}*1], tmm1",
@@ -381,9 +368,55 @@ unsafe fn store_tiles(c: *mut f32, ld: usize) {
         "tilestored [{c11} + {s}*1], tmm3",
         c00 = in(reg) c,
         c01 = in(reg) c.add(AMX_ROWS),
-        c10 = in(reg) c.add(AMX_ROWS * ld),
-        c11 = in(reg) c.add(AMX_ROWS * ld + AMX_ROWS),
-        s = in(reg) ld * 4,
+        c10 = in(reg) c.add(AMX_ROWS * NR512),
+        c11 = in(reg) c.add(AMX_ROWS * NR512 + AMX_ROWS),
+        s = in(reg) NR512 * 4,
         options(nostack),
     );
+}
+
+/// Copies `rows x cols` of `block` to `c` (rows `ldc` apart), adding `bias` (`cols`
+/// values) and rounding to bf16 when asked, 16 values per instruction.
+///
+/// # Safety
+/// AVX-512F and AVX512_BF16 present; `c` has `rows <= 32` rows `ldc` apart of
+/// `cols <= 32` floats.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn amx_finish32(
+    block: &AmxBlock,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    bias: Option<&[f32]>,
+    round: bool,
+) {
+    let (m0, m1) = masks32(cols);
+    let (b0, b1) = match bias {
+        Some(b) => (
+            _mm512_maskz_loadu_ps(m0, b.as_ptr()),
+            _mm512_maskz_loadu_ps(m1, b.as_ptr().wrapping_add(16)),
+        ),
+        None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+    };
+    let finish = |v: __m512| {
+        if round {
+            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        } else {
+            v
+        }
+    };
+    for r in 0..rows {
+        let src = block.0.as_ptr().add(r * NR512);
+        let dst = c.add(r * ldc);
+        // Only a real bias is added: adding zeros would turn -0 into +0.
+        let (mut v0, mut v1) = (_mm512_load_ps(src), _mm512_load_ps(src.add(16)));
+        if bias.is_some() {
+            v0 = _mm512_add_ps(v0, b0);
+            v1 = _mm512_add_ps(v1, b1);
+        }
+        _mm512_mask_storeu_ps(dst, m0, finish(v0));
+        _mm512_mask_storeu_ps(dst.wrapping_add(16), m1, finish(v1));
+    }
 }
