@@ -119,22 +119,23 @@ impl Norm {
         let w = self.weight.to_vec1::<f32>()?;
         let (dim, eps, twice) = (w.len(), self.eps, self.weight_in_activation_type);
         let out = with_slice(x, |x: &[f32]| {
-            kernels::par_filled(x.len(), dim, |start, o| {
-                let x = &x[start..][..dim];
-                let m = (x.iter().map(|v| v * v).sum::<f32>() / dim as f32 + eps).sqrt();
-                // Llama: normalised (weight 1), rounded, then weighted.
-                let scale = |w: &f32| if twice { 1.0 } else { *w };
-                o.iter_mut()
-                    .zip(x)
-                    .zip(&w)
-                    .for_each(|((o, x), w)| _ = o.write(x / m * scale(w)));
-                // SAFETY: every value was just written.
-                let o = unsafe { kernels::written(o) };
-                if twice {
+            // Sixteen rows a task, so their sums of squares go together.
+            kernels::par_filled(x.len(), 16 * dim, |start, o| {
+                let x = &x[start..][..o.len()];
+                let mut sums = [0f32; 16];
+                let sums = &mut sums[..o.len() / dim];
+                kernels::sums_of_squares(x, dim, sums);
+                for ((o, x), sum) in o.chunks_mut(dim).zip(x.chunks(dim)).zip(sums) {
+                    let m = (*sum / dim as f32 + eps).sqrt();
+                    // Llama: normalised (weight 1, which multiplies exactly), rounded,
+                    // then weighted.
+                    let o = kernels::divide_scale(o, x, m, (!twice).then_some(&w[..]));
+                    if twice {
+                        dtype.round_row(o);
+                        o.iter_mut().zip(&w).for_each(|(o, w)| *o *= w);
+                    }
                     dtype.round_row(o);
-                    o.iter_mut().zip(&w).for_each(|(o, w)| *o *= w);
                 }
-                dtype.round_row(o);
             })
         })?;
         Ok(Tensor::from_vec(out, x.shape(), x.device())?)

@@ -82,6 +82,102 @@ pub unsafe fn written(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32])
 }
 
+/// `sum x^2` of each row of `dim` values in `x`, into `out` (one per row), each added
+/// in the row's order from 0, exactly as `iter().map(|v| v * v).sum()`: candle's
+/// `rms_norm` sums that way, and so must a norm that matches it bit for bit. With
+/// AVX-512, sixteen rows advance together, one gathered vector per column: a serial
+/// sum waits on each addition, and was about 400 ns per row of 576 against 130 this
+/// way (one core of the Xeon of docs/benchmarks.md).
+pub fn sums_of_squares(x: &[f32], dim: usize, out: &mut [f32]) {
+    assert_eq!(
+        x.len(),
+        dim * out.len(),
+        "sums_of_squares: rows do not match"
+    );
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if dim > 0 && dim * 16 <= i32::MAX as usize && is_x86_feature_detected!("avx512f") {
+        for (rows, sums) in x.chunks_exact(16 * dim).zip(out.chunks_exact_mut(16)) {
+            // SAFETY: the CPU has AVX-512F; `rows` holds 16 rows of `dim`, whose
+            // offsets fit in i32.
+            sums.copy_from_slice(&unsafe { x86::sums_of_squares16(rows, dim) });
+        }
+        done = out.len() / 16 * 16;
+    }
+    for (row, sum) in x[done * dim..].chunks(dim.max(1)).zip(&mut out[done..]) {
+        *sum = row.iter().map(|v| v * v).sum();
+    }
+}
+
+/// `x / m * w` element-wise into `out` (`x / m` without `w`), each value divided then
+/// multiplied as the scalar expression is; sixteen at a time with AVX-512, where the
+/// compiler's baseline loop divides four at a time. Returns `out`, written.
+pub fn divide_scale<'a>(
+    out: &'a mut [MaybeUninit<f32>],
+    x: &[f32],
+    m: f32,
+    w: Option<&[f32]>,
+) -> &'a mut [f32] {
+    assert!(out.len() == x.len() && w.is_none_or(|w| w.len() == x.len()));
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; the lengths match; every value is written.
+        return unsafe {
+            x86::divide_scale(out.as_mut_ptr() as *mut f32, x, m, w);
+            written(out)
+        };
+    }
+    match w {
+        Some(w) => out
+            .iter_mut()
+            .zip(x)
+            .zip(w)
+            .for_each(|((o, x), w)| _ = o.write(x / m * w)),
+        None => out.iter_mut().zip(x).for_each(|(o, x)| _ = o.write(x / m)),
+    }
+    // SAFETY: the loop wrote every value.
+    unsafe { written(out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// [`super::divide_scale`]: writes `x.len()` values from `out`.
+    ///
+    /// # Safety
+    /// AVX-512F present; `out` has room for `x.len()` values; `w`, if any, as long.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn divide_scale(out: *mut f32, x: &[f32], m: f32, w: Option<&[f32]>) {
+        let m = _mm512_set1_ps(m);
+        for i in (0..x.len()).step_by(16) {
+            let mask = (((1u32 << (x.len() - i).min(16)) - 1) & 0xffff) as __mmask16;
+            let mut v = _mm512_div_ps(_mm512_maskz_loadu_ps(mask, x.as_ptr().add(i)), m);
+            if let Some(w) = w {
+                v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mask, w.as_ptr().add(i)));
+            }
+            _mm512_mask_storeu_ps(out.add(i), mask, v);
+        }
+    }
+
+    /// [`super::sums_of_squares`] of 16 rows of `dim`: lane `r` is row `r`'s sum.
+    ///
+    /// # Safety
+    /// AVX-512F present; `x` holds 16 rows of `dim`, and `15 * dim` fits in i32.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn sums_of_squares16(x: &[f32], dim: usize) -> [f32; 16] {
+        let rows = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let offsets = _mm512_mullo_epi32(rows, _mm512_set1_epi32(dim as i32));
+        let mut sum = _mm512_setzero_ps();
+        for j in 0..dim {
+            let v = _mm512_i32gather_ps::<4>(offsets, x.as_ptr().add(j));
+            // Separate multiply and add, as the scalar sum: no fused rounding.
+            sum = _mm512_add_ps(sum, _mm512_mul_ps(v, v));
+        }
+        std::mem::transmute::<__m512, [f32; 16]>(sum)
+    }
+}
+
 /// The gated MLPs' non-linearities, computed in f32 (see [`exp`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
@@ -351,6 +447,42 @@ pub fn with_slice<T: candle_core::WithDType, R>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gathered sums equal the serial ones bit for bit, for row counts on and off
+    /// the groups of sixteen.
+    #[test]
+    fn sums_of_squares_are_the_serial_sums() {
+        for (rows, dim) in [(0, 5), (1, 1), (15, 7), (16, 576), (37, 33)] {
+            let x: Vec<f32> = (0..rows * dim)
+                .map(|i| ((i as f32) * 0.37).sin() * 1e3)
+                .collect();
+            let mut got = vec![0f32; rows];
+            sums_of_squares(&x, dim, &mut got);
+            for (r, g) in got.iter().enumerate() {
+                let want: f32 = x[r * dim..][..dim].iter().map(|v| v * v).sum();
+                assert_eq!(g.to_bits(), want.to_bits(), "{rows} x {dim}: row {r}");
+            }
+        }
+    }
+
+    /// The vector division equals the scalar expression bit for bit, with and without
+    /// a weight, on lengths off the sixteen lanes.
+    #[test]
+    fn divide_scale_is_the_scalar_expression() {
+        for len in [0, 1, 15, 16, 17, 576, 1000] {
+            let x: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.71).sin() * 3e3).collect();
+            let w: Vec<f32> = (0..len).map(|i| 0.5 + (i as f32 * 0.13).cos()).collect();
+            let m = 7.3f32;
+            for weight in [None, Some(&w[..])] {
+                let mut buf = vec![MaybeUninit::uninit(); len];
+                let got = divide_scale(&mut buf, &x, m, weight);
+                for (i, g) in got.iter().enumerate() {
+                    let want = x[i] / m * weight.map_or(1.0, |w| w[i]);
+                    assert_eq!(g.to_bits(), want.to_bits(), "len {len}, value {i}");
+                }
+            }
+        }
+    }
 
     /// Causal attention of one query, in f64: probabilities over all `len` keys.
     fn reference_row(q: &[f32], ks: &[f32], scale: f32, qi: usize, first: usize) -> Vec<f64> {
