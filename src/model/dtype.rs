@@ -7,7 +7,6 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Result};
 use candle_core::{DType, Device, DeviceLocation, Tensor};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::kernels::gemm::round_bf16;
@@ -107,15 +106,6 @@ impl Dtype {
             // SAFETY: `fill` wrote every value of `dst`.
             self.round_row(unsafe { written(dst) });
         })
-    }
-
-    /// Rounds f32 values to this type in place, in parallel chunks.
-    pub fn round_in_place(self, values: &mut [f32]) {
-        if self != Dtype::F32 {
-            values
-                .par_chunks_mut(ROUND_CHUNK)
-                .for_each(|c| self.round_row(c));
-        }
     }
 
     /// Rounds f32 values to this type in place, on this thread: nearest, ties to

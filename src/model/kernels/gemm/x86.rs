@@ -223,13 +223,19 @@ pub unsafe fn round_bf16(v: &mut [f32]) {
     let full = v.len() / 16 * 16;
     for i in (0..full).step_by(16) {
         let p = v.as_mut_ptr().add(i);
-        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(p)));
-        let w = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h));
-        _mm512_storeu_ps(p, _mm512_castsi512_ps(w));
+        _mm512_storeu_ps(p, rounded16(_mm512_loadu_ps(p)));
     }
     for x in &mut v[full..] {
         *x = half::bf16::from_f32(*x).to_f32();
     }
+}
+
+/// Sixteen f32 values rounded to bf16 and held as f32 again.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn rounded16(v: __m512) -> __m512 {
+    let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
 }
 
 /// Rows of an AMX tile, and the f32 columns of one: 16 x 16 sums per product.
@@ -399,14 +405,7 @@ pub unsafe fn amx_finish32(
         ),
         None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
     };
-    let finish = |v: __m512| {
-        if round {
-            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-        } else {
-            v
-        }
-    };
+    let finish = |v: __m512| if round { rounded16(v) } else { v };
     for r in 0..rows {
         let src = block.0.as_ptr().add(r * NR512);
         let dst = c.add(r * ldc);
