@@ -12,8 +12,11 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
+mod attention;
 pub mod exp;
 pub mod gemm;
+
+pub use attention::{attention, AttentionSpec};
 
 /// `x W^T` for rows `x: [m, k]` and a weight `w: [n, k]`. A bf16/f16 weight is
 /// widened to f32 for this one product (the kernels compute in f32).
@@ -304,122 +307,6 @@ fn apply_rope(x: &mut [f32], r: &RopeSpec, pos: usize) {
     }
 }
 
-/// Settings of one attention call.
-pub struct AttentionSpec<'a> {
-    pub layout: &'a HeadLayout,
-    /// Real length of each sequence; padded rows get no output.
-    pub lens: &'a [usize],
-    pub scale: f32,
-    pub window: Option<usize>,
-    pub want_probs: bool,
-}
-
-/// Causal softmax attention over `q: [b, h, t, hd]`, `k, v: [b, kv, t, hd]`, for
-/// real query rows only. Returns the context as rows `[b*t, h*hd]` (ready for the
-/// output projection; padded rows are zero) and, when asked, the probabilities
-/// `[b, h, t, t]` (zero outside the visible region).
-pub fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    spec: &AttentionSpec,
-) -> Result<(Tensor, Option<Tensor>)> {
-    let l = spec.layout;
-    let (b, t, hd, h) = (l.batch, l.len, l.head_dim, l.heads);
-    let group = h / l.kv_heads;
-    let mut ctx = vec![0f32; b * t * h * hd];
-    let mut probs = if spec.want_probs {
-        vec![0f32; b * h * t * t]
-    } else {
-        Vec::new()
-    };
-    // One task per (sequence, head); each writes its own probability block and its
-    // own column block of the context rows, which never overlap.
-    let ctx_ptr = SyncPtr(ctx.as_mut_ptr());
-    let probs_ptr = SyncPtr(probs.as_mut_ptr());
-    (0..b * h).into_par_iter().for_each(|bh| {
-        let (seq, head) = (bh / h, bh % h);
-        let kvh = head / group;
-        let len = spec.lens[seq];
-        let qs = &q[(seq * h + head) * t * hd..][..len * hd];
-        let ks = &k[(seq * l.kv_heads + kvh) * t * hd..][..len * hd];
-        let vs = &v[(seq * l.kv_heads + kvh) * t * hd..][..len * hd];
-        let mut scores = vec![0f32; len * len];
-        // SAFETY: the pointers cover the slices' lengths with the strides given.
-        unsafe {
-            matrixmultiply::sgemm(
-                len,
-                hd,
-                len,
-                spec.scale,
-                qs.as_ptr(),
-                hd as isize,
-                1,
-                ks.as_ptr(),
-                1,
-                hd as isize,
-                0.0,
-                scores.as_mut_ptr(),
-                len as isize,
-                1,
-            );
-        }
-        for (qi, row) in scores.chunks_mut(len).enumerate() {
-            let first = spec.window.map_or(0, |w| (qi + 1).saturating_sub(w));
-            exp::softmax_in_place(&mut row[first..=qi]);
-            row[..first].fill(0.0);
-            row[qi + 1..].fill(0.0);
-        }
-        // SAFETY: task `bh` alone writes rows `seq*t..seq*t+len`, columns
-        // `head*hd..(head+1)*hd` of the context, and block `bh` of the probabilities.
-        unsafe {
-            let c = ctx_ptr.get().add(seq * t * h * hd + head * hd);
-            matrixmultiply::sgemm(
-                len,
-                len,
-                hd,
-                1.0,
-                scores.as_ptr(),
-                len as isize,
-                1,
-                vs.as_ptr(),
-                hd as isize,
-                1,
-                0.0,
-                c,
-                (h * hd) as isize,
-                1,
-            );
-            if spec.want_probs {
-                let p = probs_ptr.get().add(bh * t * t);
-                for (qi, row) in scores.chunks(len).enumerate() {
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), p.add(qi * t), len);
-                }
-            }
-        }
-    });
-    let ctx = Tensor::from_vec(ctx, (b * t, h * hd), &Device::Cpu)?;
-    let probs = if spec.want_probs {
-        Some(Tensor::from_vec(probs, (b, h, t, t), &Device::Cpu)?)
-    } else {
-        None
-    };
-    Ok((ctx, probs))
-}
-
-/// A raw pointer that tasks writing disjoint regions may share.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: only used for writes to disjoint regions, as documented at each use.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Calls `f` with the contiguous f32 data of a tensor: without copying it when it is
 /// on the CPU, copied to the host when it is on a GPU.
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
@@ -479,77 +366,6 @@ mod tests {
                 for (i, g) in got.iter().enumerate() {
                     let want = x[i] / m * weight.map_or(1.0, |w| w[i]);
                     assert_eq!(g.to_bits(), want.to_bits(), "len {len}, value {i}");
-                }
-            }
-        }
-    }
-
-    /// Causal attention of one query, in f64: probabilities over all `len` keys.
-    fn reference_row(q: &[f32], ks: &[f32], scale: f32, qi: usize, first: usize) -> Vec<f64> {
-        let hd = q.len();
-        let len = ks.len() / hd;
-        let mut p = vec![0f64; len];
-        for j in first..=qi {
-            let dot: f64 = (0..hd).map(|d| q[d] as f64 * ks[j * hd + d] as f64).sum();
-            p[j] = dot * scale as f64;
-        }
-        let max = p[first..=qi].iter().cloned().fold(f64::MIN, f64::max);
-        let sum: f64 = p[first..=qi].iter().map(|x| (x - max).exp()).sum();
-        for x in &mut p[first..=qi] {
-            *x = (*x - max).exp() / sum;
-        }
-        p
-    }
-
-    /// [`attention`] with grouped heads, two sequences (one padded), an odd head
-    /// size and a sliding window, against the formula in f64.
-    #[test]
-    fn attention_matches_the_formula() {
-        let l = HeadLayout {
-            batch: 2,
-            len: 70,
-            heads: 4,
-            kv_heads: 2,
-            head_dim: 20,
-        };
-        let (t, hd) = (l.len, l.head_dim);
-        let lens = [t, 5];
-        let values = |n: usize, seed: f32| -> Vec<f32> {
-            (0..n).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
-        };
-        let q = values(l.batch * l.heads * t * hd, 1.0);
-        let k = values(l.batch * l.kv_heads * t * hd, 2.0);
-        let v = values(l.batch * l.kv_heads * t * hd, 3.0);
-        for window in [None, Some(9)] {
-            let spec = AttentionSpec {
-                layout: &l,
-                lens: &lens,
-                scale: 0.3,
-                window,
-                want_probs: true,
-            };
-            let (ctx, probs) = attention(&q, &k, &v, &spec).unwrap();
-            let ctx = ctx.to_vec2::<f32>().unwrap();
-            let all: Vec<f32> = probs.unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            for (seq, &len) in lens.iter().enumerate() {
-                for head in 0..l.heads {
-                    let kvh = head / (l.heads / l.kv_heads);
-                    let qs = &q[(seq * l.heads + head) * t * hd..][..len * hd];
-                    let ks = &k[(seq * l.kv_heads + kvh) * t * hd..][..len * hd];
-                    let vs = &v[(seq * l.kv_heads + kvh) * t * hd..][..len * hd];
-                    for qi in 0..len {
-                        let first = window.map_or(0, |w| (qi + 1).saturating_sub(w));
-                        let p = reference_row(&qs[qi * hd..][..hd], ks, 0.3, qi, first);
-                        let got_p = &all[((seq * l.heads + head) * t + qi) * t..][..len];
-                        for (g, w) in got_p.iter().zip(&p) {
-                            assert!((*g as f64 - w).abs() < 1e-6, "probs {seq} {head} {qi}");
-                        }
-                        for d in 0..hd {
-                            let want: f64 = (0..len).map(|j| p[j] * vs[j * hd + d] as f64).sum();
-                            let got = ctx[seq * t + qi][head * hd + d] as f64;
-                            assert!((got - want).abs() < 1e-5, "ctx {seq} {head} {qi} {d}");
-                        }
-                    }
                 }
             }
         }
