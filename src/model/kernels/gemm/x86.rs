@@ -322,7 +322,14 @@ pub const AMX_STEP: usize = 2 * AMX_ROWS * 2 * AMX_PAIRS;
 /// pairs][16][2]`. Every tile row should start a cache line (`a` and `b` on 64
 /// bytes): rows across two lines made the product about 3x slower. No software
 /// prefetch: with aligned operands, prefetching both two steps ahead cost 12% (983 ->
-/// 868 GFLOP/s, one-core prototype).
+/// 868 GFLOP/s, one-core prototype). The panel's tiles are loaded with the
+/// non-temporal hint (`tileloaddt1`): each is read once per strip, and kept out of L1
+/// they leave it to the strip's tiles, read once per panel. At 1,024 x 576 inputs
+/// (medians of 15 interleaved runs, GFLOP/s, 1 thread / 2 threads): 720 -> 854 / 578
+/// -> 646 at n = 960, 850 -> 968 / 857 -> 971 at 576, 792 -> 932 / 910 -> 1,039 at
+/// 3072; level at k = 1536 (733 -> 746 / 893 -> 871), whose strip does not fit L1.
+/// A whole bf16 embed of SmolLM2 was level with it (paired CPU time 1.015x, 14 pairs,
+/// 0.75-1.31x): there the product's input comes from memory rather than from cache.
 ///
 /// # Safety
 /// [`amx_configure`] ran on this thread; `a` and `b` hold `steps * AMX_STEP` bf16.
@@ -340,9 +347,9 @@ pub unsafe fn amx_block32(a: *const u16, b: *const u16, steps: usize) {
         let (a0, b0) = (a.add(s * AMX_STEP), b.add(s * AMX_STEP));
         asm!(
             "tileloadd tmm4, [{a0} + {st}*1]",
-            "tileloadd tmm6, [{b0} + {st}*1]",
+            "tileloaddt1 tmm6, [{b0} + {st}*1]",
             "tdpbf16ps tmm0, tmm4, tmm6",
-            "tileloadd tmm7, [{b1} + {st}*1]",
+            "tileloaddt1 tmm7, [{b1} + {st}*1]",
             "tdpbf16ps tmm1, tmm4, tmm7",
             "tileloadd tmm5, [{a1} + {st}*1]",
             "tdpbf16ps tmm2, tmm5, tmm6",
