@@ -640,7 +640,7 @@ impl Attention {
                     head_norm(&k_norm),
                     rope,
                 )?;
-                kernels::attention(&q, &k, &v, &spec)?
+                kernels::attention(&q, &k, &v, &spec, |row| call.dtype.round_row(row))?
             }
             Ops::Tensor => {
                 let rope = match (&self.rotary, rope.and_then(|r| r.tensors.as_ref())) {
@@ -656,10 +656,11 @@ impl Attention {
                     q: self.q_norm.as_ref(),
                     k: self.k_norm.as_ref(),
                 };
-                tensor_ops::attention(&qkv, &norms, rope.as_ref(), &spec)?
+                let (ctx, probs) = tensor_ops::attention(&qkv, &norms, rope.as_ref(), &spec)?;
+                (call.dtype.round(&ctx)?, probs)
             }
         };
-        Ok((self.out.forward(&call.dtype.round(&ctx)?, call.ops)?, probs))
+        Ok((self.out.forward(&ctx, call.ops)?, probs))
     }
 }
 

@@ -50,14 +50,16 @@ pub struct AttentionSpec<'a> {
 /// Causal softmax attention over `q: [b, h, t, hd]`, `k, v: [b, kv, t, hd]`, for
 /// real query rows only. Returns the context as rows `[b*t, h*hd]` (ready for the
 /// output projection; padded rows are zero) and, when asked, the probabilities
-/// `[b, h, t, t]` (zero outside the visible region).
+/// `[b, h, t, t]` (zero outside the visible region). Each head's piece of a context
+/// row is passed to `finish` (a rounding) as it is made, while in cache.
 pub fn attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     spec: &AttentionSpec,
+    finish: impl Fn(&mut [f32]) + Sync,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    attend(q, k, v, spec, avx512())
+    attend(q, k, v, spec, finish, avx512())
 }
 
 /// [`attention`], with the AVX-512 products when `vector` (which needs AVX-512F).
@@ -66,6 +68,7 @@ fn attend(
     k: &[f32],
     v: &[f32],
     spec: &AttentionSpec,
+    finish: impl Fn(&mut [f32]) + Sync,
     vector: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let l = spec.layout;
@@ -104,6 +107,9 @@ fn attend(
             unsafe {
                 let c = ctx_ptr.get().add(seq * t * width + head * hd);
                 context(&scores, vs, len, hd, c, width, vector);
+                for r in 0..len {
+                    finish(std::slice::from_raw_parts_mut(c.add(r * width), hd));
+                }
                 for r in len..t {
                     std::ptr::write_bytes(c.add(r * width), 0, hd);
                 }
@@ -452,8 +458,26 @@ mod tests {
                 window,
                 want_probs: true,
             };
-            let (ctx, probs) = attend(&q, &k, &v, &spec, vector).unwrap();
+            let (ctx, probs) = attend(&q, &k, &v, &spec, |_| {}, vector).unwrap();
             let ctx = ctx.to_vec2::<f32>().unwrap();
+            // Finishing each piece as it is made equals finishing the whole afterwards.
+            let round = |x: &mut [f32]| {
+                x.iter_mut()
+                    .for_each(|x| *x = half::bf16::from_f32(*x).to_f32())
+            };
+            let (rounded, _) = attend(&q, &k, &v, &spec, round, vector).unwrap();
+            for (got, mut want) in rounded
+                .to_vec2::<f32>()
+                .unwrap()
+                .into_iter()
+                .zip(ctx.clone())
+            {
+                round(&mut want);
+                assert_eq!(
+                    got, want,
+                    "vector {vector}, head size {hd}: finished context"
+                );
+            }
             let all: Vec<f32> = probs.unwrap().flatten_all().unwrap().to_vec1().unwrap();
             // f32 sums of `hd` products: errors grow with the head size.
             let at = format!("vector {vector}, head size {hd}, window {window:?}");
