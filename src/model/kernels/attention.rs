@@ -6,8 +6,13 @@
 //! SmolLM2's sentences of about 25 tokens, `matrixmultiply` packed both operands of
 //! each head's two small products on every call, and its products, packing and
 //! edge handling were 7.4% of a bf16 `harness embed` (perf, Xeon family 6 model
-//! 167). Without AVX-512 the products stay `matrixmultiply`'s. Both sum each value in
-//! the same order, one fused multiply-add per term.
+//! 167). Blocks also stop at the last key their rows can see, where `matrixmultiply`
+//! computed the whole square. Per attention call (9 query and 3 key/value heads of
+//! 64, 2 threads, medians of 9), against `matrixmultiply` in the same tasks: 1.82 ->
+//! 0.97 ms for 40 sequences of 25 tokens, 3.46 -> 2.30 for 8 of 128, 18.0 -> 8.6 for
+//! 2 of 512, 143 -> 86 for one of 2,048. Without AVX-512 the products stay
+//! `matrixmultiply`'s. Both sum each value in the same order, one fused multiply-add
+//! per term.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
