@@ -16,12 +16,13 @@ pub mod aligned;
 mod x86;
 
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
-use super::with_slice;
+use super::{exp, with_slice, Act};
 use aligned::{Aligned, Output};
 use rayon::prelude::*;
 
@@ -147,6 +148,10 @@ pub struct PackedMatrix {
     k: usize,
     kernel: Kernel,
     panels: Panels,
+    /// The rows are two halves (gate, then up) whose panels alternate: panel `2p` is
+    /// columns `p * NR` of the first half, panel `2p + 1` the same of the second
+    /// ([`PackedMatrix::pack_halves`]).
+    halves: bool,
 }
 
 impl fmt::Debug for PackedMatrix {
@@ -287,7 +292,70 @@ impl PackedMatrix {
             k,
             kernel,
             panels,
+            halves: false,
         }))
+    }
+
+    /// Packs `w`, two halves of `n / 2` rows (a gated MLP's gate, then up), for
+    /// [`PackedMatrix::gated_matmul_t`] as well as for plain products: on AMX, and
+    /// where each half is whole panels, the panels of the two halves alternate, so
+    /// that one task makes a block of gate and the matching block of up one after the
+    /// other and combines them while both are in cache. Packed as
+    /// [`PackedMatrix::pack`] otherwise.
+    pub fn pack_halves(w: &Tensor) -> Result<Option<Self>> {
+        if !matches!(w.device(), Device::Cpu) {
+            return Ok(None);
+        }
+        let kernel = Kernel::detect(w.dtype())?;
+        let n = w.dim(0)?;
+        if kernel != Kernel::Amx || n % (2 * kernel.nr()) != 0 {
+            return Self::pack_for(w, kernel);
+        }
+        let order = Tensor::from_vec(halves_order(n, kernel.nr()), n, &Device::Cpu)?;
+        let Some(mut p) = Self::pack_for(&w.index_select(&order, 0)?, kernel)? else {
+            bail!("kernel {kernel} did not pack");
+        };
+        p.halves = true;
+        Ok(Some(p))
+    }
+
+    /// Whether [`PackedMatrix::gated_matmul_t`] runs on this packing.
+    pub fn gated(&self) -> bool {
+        self.halves
+    }
+
+    /// `act(x G^T) * (x U^T)` for f32 rows `x: [m, k]` and a weight packed by
+    /// [`PackedMatrix::pack_halves`] as `[G; U]`; returns `[m, n / 2]`. Gate and up
+    /// are rounded to bf16 (as the plain product finishes them) before the
+    /// activation, and each row of 32 values is passed to `finish` (a rounding) as it
+    /// is made. Neither `[m, n]` intermediate is written to memory.
+    pub fn gated_matmul_t(
+        &self,
+        x: &Tensor,
+        act: Act,
+        finish: impl Fn(&mut [f32]) + Sync,
+    ) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.k {
+            bail!("matmul: input has {k} columns, weight has {}", self.k);
+        }
+        let (Panels::Bf16(b), true) = (&self.panels, self.halves) else {
+            bail!("gated product: the weight was not packed in alternating halves");
+        };
+        let width = self.n / 2;
+        let out = with_slice(x, |a: &[f32]| {
+            let mut out = Output::with_capacity(m * width);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: halves are packed only for AMX, which `pack_for` checked the
+            // CPU runs; the gated product writes all m x n/2 values.
+            unsafe {
+                let ptr = OutPtr(out.as_mut_ptr());
+                amx(a, b, m, self.n, k, AmxOut::Gated(ptr, act, &finish));
+                out.assume_written(m * width);
+            }
+            out
+        })?;
+        out.into_tensor((m, width))
     }
 
     /// The kernel the weight was packed for.
@@ -303,7 +371,7 @@ impl PackedMatrix {
     /// The weight `[n, k]` in its type, unpacked.
     pub fn to_tensor(&self) -> Result<Tensor> {
         let (n, k) = (self.n, self.k);
-        Ok(match &self.panels {
+        let packed = match &self.panels {
             Panels::F32(p) => Tensor::from_vec(unpack(p, n, k, self.kernel), (n, k), &Device::Cpu)?,
             Panels::Bf16(p) => {
                 let w: Vec<half::bf16> = unpack(p, n, k, self.kernel)
@@ -312,7 +380,15 @@ impl PackedMatrix {
                     .collect();
                 Tensor::from_vec(w, (n, k), &Device::Cpu)?
             }
-        })
+        };
+        if !self.halves {
+            return Ok(packed);
+        }
+        let mut back = vec![0u32; n];
+        for (i, &row) in halves_order(n, self.kernel.nr()).iter().enumerate() {
+            back[row as usize] = i as u32;
+        }
+        Ok(packed.index_select(&Tensor::from_vec(back, n, &Device::Cpu)?, 0)?)
     }
 
     /// `x W^T` for f32 rows `x: [m, k]`; returns `[m, n]` in f32.
@@ -370,7 +446,7 @@ impl PackedMatrix {
         use x86::*;
         let (n, k) = (self.n, self.k);
         match (&self.panels, self.kernel) {
-            (Panels::Bf16(b), Kernel::Amx) => amx(a, b, m, n, k, out),
+            (Panels::Bf16(b), Kernel::Amx) => amx(a, b, m, n, k, AmxOut::Plain(out, self.halves)),
             (Panels::Bf16(b), Kernel::Avx512Bf16) => {
                 let kp = k.div_ceil(2);
                 let a16 = bf16_rows(a, m, k, kp);
@@ -482,19 +558,37 @@ const AMX_PANEL_BYTES: usize = 864 << 10;
 /// 1,024-row batches (medians of 15 interleaved runs, 1 thread, GFLOP/s): 650 -> 777
 /// at n x k = 576 x 576, 681 -> 698 at 576 x 1536, 774 -> 815 at 960 x 576, 839 -> 830
 /// at 3072 x 576, where the strip is converted four times, once per chunk.
+/// What an AMX product makes of its blocks.
+#[derive(Clone, Copy)]
+enum AmxOut<'a> {
+    /// The product, finished block by block; the weight's panels alternate between
+    /// two halves when the flag is set ([`PackedMatrix::pack_halves`]).
+    Plain(Out<'a>, bool),
+    /// `act(gate) * up` of a weight packed in alternating halves: `n / 2` columns,
+    /// each row of a block passed to the function as it is made.
+    Gated(OutPtr, Act, &'a (dyn Fn(&mut [f32]) + Sync)),
+}
+
 #[cfg(target_arch = "x86_64")]
-unsafe fn amx(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, out: Out) {
+unsafe fn amx(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, out: AmxOut) {
     use x86::*;
     let steps = Kernel::Amx.pairs(k).expect("AMX reads pairs") / AMX_PAIRS;
     let strip = 2 * AMX_ROWS;
-    let panels = n.div_ceil(NR512);
-    let panel_bytes = steps * AMX_STEP * size_of::<u16>();
-    let chunks = panels.div_ceil((AMX_PANEL_BYTES / panel_bytes).max(1));
-    let per_chunk = panels.div_ceil(chunks);
+    // A gated product takes its panels two by two (gate and up of the same columns).
+    let per_unit = if matches!(out, AmxOut::Gated(..)) {
+        2
+    } else {
+        1
+    };
+    let units = n.div_ceil(NR512) / per_unit;
+    let unit_bytes = per_unit * steps * AMX_STEP * size_of::<u16>();
+    let chunks = units.div_ceil((AMX_PANEL_BYTES / unit_bytes).max(1));
+    let per_chunk = units.div_ceil(chunks);
     let strips = m.div_ceil(strip);
     (0..chunks * strips).into_par_iter().for_each(|task| {
         let (chunk, s) = (task / strips, task % strips);
         let (r, live) = (s * strip, strip.min(m - s * strip));
+        let mine = chunk * per_chunk..((chunk + 1) * per_chunk).min(units);
         // [step][32 rows][32]; `to_bf16_tile_row` writes the zeros past `k`. Rows past
         // `live` keep whatever an earlier strip left: they only make output rows that
         // are never stored.
@@ -503,33 +597,94 @@ unsafe fn amx(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, out: Out) {
                 to_bf16_tile_row(row, tiles.as_mut_ptr().add(i * 2 * AMX_PAIRS));
             }
             amx_configure();
-            // Each block's sums go to a buffer, and the previous block is finished
-            // into the output while this one's products run. Rounding each block
-            // straight after storing it waited on those stores: it took 17-23% off a
-            // one-thread 1024 x 960 x 576 product, and this way about 1% (in-process,
-            // medians of 15 interleaved runs).
+            let panel = |j: usize| b.as_ptr().add(j * steps * AMX_STEP);
             let zero = || AmxBlock([0.0; 2 * AMX_ROWS * NR512]);
-            let mut blocks = [zero(), zero()];
-            let mut last: Option<(usize, usize, usize)> = None;
-            let finish = |block: &AmxBlock, j: usize, cols: usize| {
-                let bias = out.finish.bias.map(|b| &b[j * NR512..][..cols]);
-                let c = out.ptr.at(r * n + j * NR512);
-                amx_finish32(block, c, n, live, cols, bias, out.finish.round_bf16);
-            };
-            for (i, j) in (chunk * per_chunk..((chunk + 1) * per_chunk).min(panels)).enumerate() {
-                amx_block32(tiles.as_ptr(), b.as_ptr().add(j * steps * AMX_STEP), steps);
-                if let Some((pi, pj, pc)) = last {
-                    finish(&blocks[pi % 2], pj, pc);
+            match out {
+                AmxOut::Plain(out, halves) => {
+                    // Each block's sums go to a buffer, and the previous block is
+                    // finished into the output while this one's products run.
+                    // Rounding each block straight after storing it waited on those
+                    // stores: it took 17-23% off a one-thread 1024 x 960 x 576
+                    // product, and this way about 1% (in-process, medians of 15
+                    // interleaved runs).
+                    let column = |j: usize| match halves {
+                        true => j / 2 * NR512 + j % 2 * (n / 2),
+                        false => j * NR512,
+                    };
+                    let finish = |block: &AmxBlock, j: usize| {
+                        let (col, cols) = (column(j), NR512.min(n - column(j)));
+                        let bias = out.finish.bias.map(|b| &b[col..][..cols]);
+                        let c = out.ptr.at(r * n + col);
+                        amx_finish32(block, c, n, live, cols, bias, out.finish.round_bf16);
+                    };
+                    let mut blocks = [zero(), zero()];
+                    let mut last = None;
+                    for (i, j) in mine.enumerate() {
+                        amx_block32(tiles.as_ptr(), panel(j), steps);
+                        if let Some((pi, pj)) = last {
+                            finish(&blocks[pi % 2], pj);
+                        }
+                        amx_store32(&mut blocks[i % 2]);
+                        last = Some((i, j));
+                    }
+                    if let Some((pi, pj)) = last {
+                        finish(&blocks[pi % 2], pj);
+                    }
                 }
-                amx_store32(&mut blocks[i % 2]);
-                last = Some((i, j, NR512.min(n - j * NR512)));
-            }
-            if let Some((pi, pj, pc)) = last {
-                finish(&blocks[pi % 2], pj, pc);
+                AmxOut::Gated(ptr, act, finish) => {
+                    // As above, a pair's activation runs while the next pair's gate
+                    // block computes.
+                    let width = n / 2;
+                    let gated = |pair: &mut [AmxBlock; 2], p: usize| {
+                        for block in pair.iter_mut() {
+                            x86::round_bf16(&mut block.0[..live * NR512]);
+                        }
+                        for i in 0..live {
+                            let dst = std::slice::from_raw_parts_mut(
+                                ptr.at((r + i) * width + p * NR512) as *mut MaybeUninit<f32>,
+                                NR512,
+                            );
+                            let (g, u) = (&pair[0].0[i * NR512..], &pair[1].0[i * NR512..]);
+                            let row = match act {
+                                Act::Silu => exp::silu_mul(dst, &g[..NR512], &u[..NR512]),
+                                Act::GeluTanh => exp::gelu_tanh_mul(dst, &g[..NR512], &u[..NR512]),
+                            };
+                            finish(row);
+                        }
+                    };
+                    let mut pairs = [[zero(), zero()], [zero(), zero()]];
+                    let mut last = None;
+                    for (i, p) in mine.enumerate() {
+                        amx_block32(tiles.as_ptr(), panel(2 * p), steps);
+                        if let Some((pi, pp)) = last {
+                            gated(&mut pairs[pi % 2], pp);
+                        }
+                        amx_store32(&mut pairs[i % 2][0]);
+                        amx_block32(tiles.as_ptr(), panel(2 * p + 1), steps);
+                        amx_store32(&mut pairs[i % 2][1]);
+                        last = Some((i, p));
+                    }
+                    if let Some((pi, pp)) = last {
+                        gated(&mut pairs[pi % 2], pp);
+                    }
+                }
             }
             amx_release();
         });
     });
+}
+
+/// The rows of `[first half; second half]` (`n` rows, halves of whole panels of
+/// `nr`) in the order [`PackedMatrix::pack_halves`] packs them: a panel of the first
+/// half, the same panel of the second, and so on.
+fn halves_order(n: usize, nr: usize) -> Vec<u32> {
+    let half = n / 2;
+    (0..n)
+        .map(|i| {
+            let (p, side, c) = (i / (2 * nr), i / nr % 2, i % nr);
+            (side * half + p * nr + c) as u32
+        })
+        .collect()
 }
 
 /// Calls `f` with this thread's buffer for AMX activation tiles, grown to `len` and
@@ -890,6 +1045,56 @@ mod tests {
         check(Kernel::Portable, DType::F32);
         check(Kernel::Portable, DType::BF16);
         check(Kernel::Portable, DType::F16);
+    }
+
+    /// Halves packed alternately leave the unpacked weight and the plain product as
+    /// they were, and the gated product is the product followed by the activation,
+    /// bit for bit: a row, rows off the strip, k off the step, two chunks of panel
+    /// pairs, and halves that are not whole panels (packed plainly).
+    #[test]
+    fn gated_product_is_the_product_then_the_activation() {
+        if Kernel::detect(DType::BF16).unwrap() != Kernel::Amx {
+            println!("skipped: the gated product runs on AMX, which this CPU lacks");
+            return;
+        }
+        for (m, n, k) in [
+            (1, 64, 7),
+            (33, 128, 576),
+            (70, 192, 100),
+            (40, 1024, 576),
+            (5, 96, 40),
+        ] {
+            let at = format!("{m}x{n}x{k}");
+            let x = Tensor::from_vec(values(m * k, 3), (m, k), &Device::Cpu).unwrap();
+            let w = Tensor::from_vec(values(n * k, 4), (n, k), &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let halves = PackedMatrix::pack_halves(&w).unwrap().unwrap();
+            assert_eq!(halves.gated(), n % 64 == 0, "{at}");
+            let plain = PackedMatrix::pack_for(&w, Kernel::Amx).unwrap().unwrap();
+            let floats = |t: Tensor| t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(
+                floats(halves.to_tensor().unwrap()),
+                floats(w.clone()),
+                "{at}"
+            );
+            let finish = Finish {
+                bias: None,
+                round_bf16: true,
+            };
+            let want = plain.matmul_t_then(&x, finish).unwrap();
+            let got = halves.matmul_t_then(&x, finish).unwrap();
+            assert_eq!(floats(got), floats(want.clone()), "{at}: plain product");
+            if !halves.gated() {
+                continue;
+            }
+            for act in [Act::Silu, Act::GeluTanh] {
+                let got = halves.gated_matmul_t(&x, act, round_bf16).unwrap();
+                let want = super::super::gated_act(&want, n / 2, act, round_bf16).unwrap();
+                assert_eq!(floats(got), floats(want), "{at}: {act:?}");
+            }
+        }
     }
 
     #[test]
