@@ -265,7 +265,7 @@ impl Linear {
         Ok(Self::part(weight, bias))
     }
 
-    /// `act(gate) * up` for a map made by [`Linear::fuse_gate_up`], each row piece
+    /// `act(gate) * up` for a map made by [`Linear::fuse_gate_up`], each block
     /// passed to `finish` as it is made; `None` where its packing cannot (another
     /// kernel, a bias), for the caller to take the product and then the activation.
     fn gated_forward(

@@ -18,6 +18,18 @@ pub mod gemm;
 
 pub use attention::{attention, AttentionSpec};
 
+/// Whether the CPU has AVX-512F, which the vector paths of these kernels need.
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// `x W^T` for rows `x: [m, k]` and a weight `w: [n, k]`. A bf16/f16 weight is
 /// widened to f32 for this one product (the kernels compute in f32).
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -99,7 +111,7 @@ pub fn sums_of_squares(x: &[f32], dim: usize, out: &mut [f32]) {
     );
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if dim > 0 && dim * 16 <= i32::MAX as usize && is_x86_feature_detected!("avx512f") {
+    if dim > 0 && dim * 16 <= i32::MAX as usize && avx512() {
         for (rows, sums) in x.chunks_exact(16 * dim).zip(out.chunks_exact_mut(16)) {
             // SAFETY: the CPU has AVX-512F; `rows` holds 16 rows of `dim`, whose
             // offsets fit in i32.
@@ -123,7 +135,7 @@ pub fn divide_scale<'a>(
 ) -> &'a mut [f32] {
     assert!(out.len() == x.len() && w.is_none_or(|w| w.len() == x.len()));
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
+    if avx512() {
         // SAFETY: the CPU has AVX-512F; the lengths match; every value is written.
         return unsafe {
             x86::divide_scale(out.as_mut_ptr() as *mut f32, x, m, w);

@@ -18,7 +18,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::{exp, HeadLayout};
+use super::{avx512, exp, HeadLayout};
 
 /// Calls `$m::$f::<R>($args)` with the block's row count `R` as a constant (up to 8 or
 /// 4), so each count gets its own kernel with its sums in registers.
@@ -271,17 +271,6 @@ unsafe fn context(
         ldc as isize,
         1,
     );
-}
-
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// A raw pointer that tasks writing disjoint regions may share.

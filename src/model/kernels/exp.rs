@@ -12,6 +12,9 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
+#[cfg(target_arch = "x86_64")]
+use super::avx512;
+
 /// `silu(g) * u` element-wise into `out`: `g / (1 + e^-g) * u`. Returns `out`, written.
 pub fn silu_mul<'a>(out: &'a mut [MaybeUninit<f32>], gate: &[f32], up: &[f32]) -> &'a mut [f32] {
     sigmoid_mul(out, gate, up, true)
@@ -74,11 +77,6 @@ fn sigmoid_mul<'a>(
     }
     // SAFETY: the loop wrote every value.
     unsafe { super::written(out) }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
 }
 
 #[cfg(target_arch = "x86_64")]

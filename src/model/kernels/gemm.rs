@@ -599,46 +599,26 @@ unsafe fn amx(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, out: AmxOut) {
             amx_configure();
             let panel = |j: usize| b.as_ptr().add(j * steps * AMX_STEP);
             let zero = || AmxBlock([0.0; 2 * AMX_ROWS * NR512]);
+            let run = |finish| amx_units(tiles.as_ptr(), panel, steps, per_unit, mine, finish);
             match out {
                 AmxOut::Plain(out, halves) => {
-                    // Each block's sums go to a buffer, and the previous block is
-                    // finished into the output while this one's products run.
-                    // Rounding each block straight after storing it waited on those
-                    // stores: it took 17-23% off a one-thread 1024 x 960 x 576
-                    // product, and this way about 1% (in-process, medians of 15
-                    // interleaved runs).
                     let column = |j: usize| match halves {
                         true => j / 2 * NR512 + j % 2 * (n / 2),
                         false => j * NR512,
                     };
-                    let finish = |block: &AmxBlock, j: usize| {
+                    run(&mut |blocks: &mut [AmxBlock; 2], j: usize| {
                         let (col, cols) = (column(j), NR512.min(n - column(j)));
                         let bias = out.finish.bias.map(|b| &b[col..][..cols]);
                         let c = out.ptr.at(r * n + col);
-                        amx_finish32(block, c, n, live, cols, bias, out.finish.round_bf16);
-                    };
-                    let mut blocks = [zero(), zero()];
-                    let mut last = None;
-                    for (i, j) in mine.enumerate() {
-                        amx_block32(tiles.as_ptr(), panel(j), steps);
-                        if let Some((pi, pj)) = last {
-                            finish(&blocks[pi % 2], pj);
-                        }
-                        amx_store32(&mut blocks[i % 2]);
-                        last = Some((i, j));
-                    }
-                    if let Some((pi, pj)) = last {
-                        finish(&blocks[pi % 2], pj);
-                    }
+                        amx_finish32(&blocks[0], c, n, live, cols, bias, out.finish.round_bf16);
+                    });
                 }
                 AmxOut::Gated(ptr, act, finish) => {
-                    // As above, a pair's activation runs while the next pair's gate
-                    // block computes.
                     let width = n / 2;
                     // One call of the activation per block: one per row of 32 values
                     // made the whole embed 1.10x slower than the separate pass.
                     let mut made = zero();
-                    let mut gated = |pair: &mut [AmxBlock; 2], p: usize| {
+                    run(&mut |pair: &mut [AmxBlock; 2], p: usize| {
                         let len = live * NR512;
                         for block in pair.iter_mut() {
                             x86::round_bf16(&mut block.0[..len]);
@@ -655,27 +635,50 @@ unsafe fn amx(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, out: AmxOut) {
                             let c = ptr.at((r + i) * width + p * NR512);
                             std::ptr::copy_nonoverlapping(row.as_ptr(), c, NR512);
                         }
-                    };
-                    let mut pairs = [[zero(), zero()], [zero(), zero()]];
-                    let mut last = None;
-                    for (i, p) in mine.enumerate() {
-                        amx_block32(tiles.as_ptr(), panel(2 * p), steps);
-                        if let Some((pi, pp)) = last {
-                            gated(&mut pairs[pi % 2], pp);
-                        }
-                        amx_store32(&mut pairs[i % 2][0]);
-                        amx_block32(tiles.as_ptr(), panel(2 * p + 1), steps);
-                        amx_store32(&mut pairs[i % 2][1]);
-                        last = Some((i, p));
-                    }
-                    if let Some((pi, pp)) = last {
-                        gated(&mut pairs[pi % 2], pp);
-                    }
+                    });
                 }
             }
             amx_release();
         });
     });
+}
+
+/// Runs a task's units of `per_unit` panels (1, or 2 for a gate panel and its up
+/// panel) over the strip's `tiles`: each block's sums go to a buffer, and the
+/// previous unit is finished (`finish(buffers, unit)`) while the next unit's first
+/// block computes. Rounding each block straight after storing it waited on those
+/// stores: it took 17-23% off a one-thread 1024 x 960 x 576 product, and this way
+/// about 1% (in-process, medians of 15 interleaved runs).
+///
+/// # Safety
+/// [`x86::amx_configure`] ran on this thread; `tiles` and every `panel(j)` hold
+/// `steps` AMX steps.
+#[cfg(target_arch = "x86_64")]
+unsafe fn amx_units(
+    tiles: *const u16,
+    panel: impl Fn(usize) -> *const u16,
+    steps: usize,
+    per_unit: usize,
+    units: Range<usize>,
+    finish: &mut dyn FnMut(&mut [x86::AmxBlock; 2], usize),
+) {
+    use x86::*;
+    let zero = || AmxBlock([0.0; 2 * AMX_ROWS * NR512]);
+    let mut buffers = [[zero(), zero()], [zero(), zero()]];
+    let mut last = None;
+    for (i, unit) in units.enumerate() {
+        for h in 0..per_unit {
+            amx_block32(tiles, panel(per_unit * unit + h), steps);
+            if let (0, Some((pi, pu))) = (h, last) {
+                finish(&mut buffers[pi % 2], pu);
+            }
+            amx_store32(&mut buffers[i % 2][h]);
+        }
+        last = Some((i, unit));
+    }
+    if let Some((pi, pu)) = last {
+        finish(&mut buffers[pi % 2], pu);
+    }
 }
 
 /// The rows of `[first half; second half]` (`n` rows, halves of whole panels of
